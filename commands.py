@@ -4,3 +4,4 @@ from flask import Flask
 
 def register_commands(app: Flask) -> None:
     pass
+    from utils.jobs_cli import register; register(app)
