@@ -1,0 +1,172 @@
+"""Upload form, the result page with its JSON status, disputes, and the owner/admin-only media route."""
+from __future__ import annotations
+
+import re
+
+from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request,
+                   send_file, url_for)
+from flask_login import current_user, login_required
+
+from blueprints.access import analysis_for_viewer, own_analysis
+from blueprints.upload.forms import DisputeForm, UploadForm
+from blueprints.upload.service import UploadRejected, accept_upload
+from extensions import db, limiter
+from models import utcnow
+from utils import storage
+
+bp = Blueprint("upload", __name__)
+
+MAX_FILES_PER_FORM = 20
+DERIVED_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}\.(jpg|jpeg|png)$")
+DECISION_TEXT = {"fake": "Confirmed fake", "real": "Actually real", "cannot_tell": "Cannot tell"}
+
+
+@bp.app_context_processor
+def labels():
+    return {"decision_text": DECISION_TEXT}
+
+
+@bp.route("/upload", methods=["GET", "POST"])
+@login_required
+@limiter.limit(lambda: current_app.config["RATELIMIT_UPLOAD"], methods=["POST"])
+def upload():
+    form = UploadForm()
+    if form.validate_on_submit():
+        files = [f for f in request.files.getlist(form.files.name) if f and f.filename]
+        if not files:
+            form.files.errors.append("Choose at least one photo or video.")
+        elif len(files) > MAX_FILES_PER_FORM:
+            form.files.errors.append(f"Upload at most {MAX_FILES_PER_FORM} files at once.")
+        else:
+            return _accept_files(files)
+    status = 400 if form.is_submitted() else 200
+    return render_template("upload/upload.html", form=form), status
+
+
+def _accept_files(files):
+    accepted = []
+    for file_storage in files:
+        name = file_storage.filename
+        try:
+            outcome = accept_upload(current_user._get_current_object(), file_storage)
+        except UploadRejected as exc:
+            flash(f"“{name}” was not accepted: {exc}", "error")
+            continue
+        accepted.append(outcome.analysis)
+        if outcome.duplicate:
+            flash(f"“{name}” was already analysed; here is the earlier analysis.", "info")
+        else:
+            flash(f"“{name}” uploaded and queued for analysis.", "success")
+    if len(accepted) == 1:
+        return redirect(url_for("upload.result", analysis_id=accepted[0].id))
+    if not accepted:
+        return render_template("upload/upload.html", form=UploadForm(formdata=None)), 400
+    return redirect(url_for("history.index"))
+
+
+def key_frame_of(analysis, wanted_index: int | None):
+    """The frame to draw boxes on: the one asked for, else the most suspicious, else the first."""
+    frames = list(analysis.frames)
+    if not frames:
+        return None
+    if wanted_index is not None:
+        for frame in frames:
+            if frame.index == wanted_index:
+                return frame
+    scored = [f for f in frames if f.score is not None]
+    return max(scored, key=lambda f: f.score) if scored else frames[0]
+
+
+@bp.route("/analyses/<int:analysis_id>")
+@login_required
+def result(analysis_id: int):
+    analysis = analysis_for_viewer(analysis_id)
+    key_frame = key_frame_of(analysis, request.args.get("frame", type=int))
+    key_faces = [f for f in analysis.faces if key_frame is not None and f.frame_index == key_frame.index]
+    return render_template(
+        "upload/result.html", analysis=analysis, key_frame=key_frame, key_faces=key_faces,
+        dispute_form=DisputeForm(formdata=None), is_owner=analysis.user_id == current_user.id,
+    )
+
+
+def status_json(analysis) -> dict:
+    return {
+        "id": analysis.id, "status": analysis.status, "stage": analysis.stage,
+        "progress": round(analysis.progress or 0.0, 3), "verdict": analysis.verdict,
+        "error": analysis.error, "finished": analysis.finished,
+    }
+
+
+@bp.route("/analyses/<int:analysis_id>/status")
+@login_required
+def status(analysis_id: int):
+    """Polled by static/progress.js while the job runs."""
+    response = jsonify(status_json(analysis_for_viewer(analysis_id)))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.route("/analyses/<int:analysis_id>/dispute", methods=["POST"])
+@login_required
+def dispute(analysis_id: int):
+    analysis = own_analysis(analysis_id)
+    form = DisputeForm()
+    if analysis.status != "done":
+        flash("A verdict can be disputed once the analysis has finished.", "error")
+    elif analysis.review is not None:
+        flash("An admin has already reviewed this analysis.", "info")
+    elif form.validate_on_submit():
+        analysis.flagged = True
+        analysis.flag_reason = "dispute"
+        analysis.dispute_reason = form.reason.data.strip()
+        analysis.disputed_at = utcnow()
+        db.session.commit()
+        flash("Thank you. An admin will review this analysis; their decision will appear here.", "success")
+    else:
+        for errors in form.errors.values():
+            for error in errors:
+                flash(error, "error")
+    return redirect(url_for("upload.result", analysis_id=analysis.id))
+
+
+def _private_file(path, mimetype, download_name=None):
+    """Media leaves only through here: signed-in owner/admin, never cached publicly, never sniffed."""
+    if not path.is_file():
+        abort(404)
+    response = send_file(path, mimetype=mimetype, as_attachment=download_name is not None,
+                         download_name=download_name, conditional=True, max_age=0)
+    response.headers["Cache-Control"] = "private, no-cache"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@bp.route("/analyses/<int:analysis_id>/files/<name>")
+@login_required
+def derived_file(analysis_id: int, name: str):
+    """Frame thumbnails, face crops and heatmaps written by the pipeline."""
+    analysis = analysis_for_viewer(analysis_id)
+    if not DERIVED_NAME.match(name):
+        abort(404)
+    mimetype = "image/png" if name.endswith(".png") else "image/jpeg"
+    return _private_file(storage.derived_path(analysis.id, name), mimetype)
+
+
+@bp.route("/analyses/<int:analysis_id>/thumb")
+@login_required
+def thumbnail(analysis_id: int):
+    analysis = analysis_for_viewer(analysis_id)
+    frame = key_frame_of(analysis, None)
+    if frame is None or not frame.thumb_name:
+        abort(404)
+    return _private_file(storage.derived_path(analysis.id, frame.thumb_name), "image/jpeg")
+
+
+@bp.route("/analyses/<int:analysis_id>/original")
+@login_required
+def original(analysis_id: int):
+    """The uploaded file itself, as a download (never rendered inline from our origin)."""
+    analysis = analysis_for_viewer(analysis_id)
+    if not analysis.stored_name:
+        abort(404)
+    return _private_file(storage.upload_path(analysis.stored_name), "application/octet-stream",
+                         download_name=analysis.original_name)
