@@ -1,0 +1,93 @@
+"""From face scores to one verdict for the file (pure numpy, no model, no database).
+
+The rule, in words:
+1. Each face has a calibrated P(fake) from the model.
+2. Faces are grouped by person (a track across frames). A person's score is the mean of the upper
+   half of their face scores: a manipulation rarely fools the model in every frame, and one noisy
+   frame alone should not condemn a person either.
+3. In a video, persons seen in very few of the frames with faces (stray detections) are ignored when
+   a steadier person exists.
+4. The file's score is the highest person score: one confidently fake person makes the file fake
+   (as the leading DFDC entries did).
+5. score >= uncertain_high -> fake; score < uncertain_low -> real; in between -> uncertain.
+   No face at all -> "no_face" with no score: we never invent one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class PersonScore:
+    person: int
+    score: float
+    faces: int
+
+
+@dataclass
+class MediaVerdict:
+    verdict: str  # real | fake | uncertain | no_face
+    score: float | None
+    frames_with_faces: int
+    explanation: str
+    persons: list[PersonScore] = field(default_factory=list)
+    decisive_person: int | None = None
+
+
+def person_score(scores: list[float] | np.ndarray) -> float:
+    """Mean of the upper half of a person's face scores (all of them when there are one or two)."""
+    ordered = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    keep = max(1, int(np.ceil(len(ordered) / 2)))
+    return float(ordered[:keep].mean())
+
+
+def verdict_for(score: float, threshold: float, uncertain_band: tuple[float, float]) -> str:
+    low, high = uncertain_band
+    low, high = min(low, threshold), max(high, threshold)
+    if score >= high and score >= threshold:
+        return "fake"
+    if score < low:
+        return "real"
+    return "uncertain" if high > low else ("fake" if score >= threshold else "real")
+
+
+def aggregate_faces(faces: list[tuple[int, int, float]], frames_sampled: int, threshold: float,
+                    uncertain_band: tuple[float, float], kind: str) -> MediaVerdict:
+    """faces: (frame_index, person, score) for every face found. See the module docstring."""
+    frames_with_faces = len({frame for frame, _, _ in faces})
+    if not faces:
+        where = (f"none of the {frames_sampled} sampled frames" if kind == "video" and frames_sampled
+                 else "the image")
+        return MediaVerdict("no_face", None, 0,
+                            f"No face was found in {where}, so no verdict was made.")
+
+    by_person: dict[int, list[float]] = {}
+    for _, person, score in faces:
+        by_person.setdefault(person, []).append(float(score))
+    persons = [PersonScore(p, person_score(s), len(s)) for p, s in sorted(by_person.items())]
+
+    considered = persons
+    if kind == "video" and frames_with_faces >= 4:
+        steady = [p for p in persons if p.faces >= max(2, 0.25 * frames_with_faces)]
+        considered = steady or persons
+    decisive = max(considered, key=lambda p: p.score)
+    verdict = verdict_for(decisive.score, threshold, uncertain_band)
+
+    low, high = uncertain_band
+    if kind == "video":
+        seen = f"Faces were found in {frames_with_faces} of {frames_sampled} sampled frames"
+    else:
+        seen = f"{len(faces)} face{'s' if len(faces) != 1 else ''} found in the image"
+    who = (f"person {decisive.person + 1} of {len(considered)} scored {decisive.score:.2f}"
+           if len(considered) > 1 else f"the face scored {decisive.score:.2f}")
+    if kind == "video" and len(considered) == 1:
+        who = f"the person seen scored {decisive.score:.2f} over {decisive.faces} frames"
+    rule = {
+        "fake": f"at or above {max(high, threshold):.2f} means likely fake",
+        "real": f"below {min(low, threshold):.2f} means likely real",
+        "uncertain": f"between {min(low, threshold):.2f} and {max(high, threshold):.2f} the model is not sure",
+    }[verdict]
+    return MediaVerdict(verdict, decisive.score, frames_with_faces, f"{seen}; {who} ({rule}).",
+                        persons, decisive.person)

@@ -1,0 +1,159 @@
+"""`flask train`, `flask evaluate`, `flask scan`: the detector's operator commands."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from flask import Flask, current_app
+from flask.cli import with_appcontext
+
+import convert
+
+MEDIA_SUFFIXES = dataset_suffixes = {
+    ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
+    ".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".3gp", ".flv", ".ogv",
+}
+
+
+def _cache_dir() -> Path:
+    return Path(current_app.root_path) / "data" / "cache"
+
+
+def expand_paths(paths: tuple[str, ...]) -> list[Path]:
+    """Files as given; folders walked recursively for media-looking files (content is sniffed later)."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+def scan_one(path: Path, detector, limits, frames: int, whole_image: bool) -> dict:
+    """One line of `scan` output; a bad file becomes an error line instead of stopping the batch."""
+    from utils.analysis import inspect_media
+
+    line = {"path": str(path), "kind": None, "verdict": None, "score": None,
+            "threshold": detector.threshold, "model_version": detector.version,
+            "faces": 0, "frames": 0, "error": None}
+    try:
+        if not path.is_file():
+            raise convert.MediaError("No such file.")
+        report = inspect_media(path, detector=detector, limits=limits, frames=frames, whole_image=whole_image)
+    except convert.MediaError as exc:
+        line["error"] = str(exc)
+        return line
+    line.update(kind=report.kind, verdict=report.verdict.verdict,
+                score=None if report.verdict.score is None else round(float(report.verdict.score), 4),
+                faces=len(report.faces), frames=len(report.frames))
+    return line
+
+
+def register(app: Flask) -> None:
+    @app.cli.command("scan")
+    @click.argument("paths", nargs=-1, required=True, type=click.Path())
+    @click.option("--whole-image", is_flag=True, help="Treat each image (or frame) as one face crop.")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+    @click.option("--frames", type=int, default=None, help="Frames to sample per video (default VIDEO_FRAMES).")
+    @with_appcontext
+    def scan_command(paths, whole_image, as_json, frames):
+        """Analyse image/video files and folders (recursively) without the web app."""
+        from utils.analysis import media_limits_from_config
+        from utils.model import ModelUnavailable, get_detector
+
+        try:
+            detector = get_detector(current_app.config["MODEL_PATH"])
+        except ModelUnavailable as exc:
+            raise click.ClickException(str(exc))
+        limits = media_limits_from_config(current_app.config)
+        frames = frames or current_app.config["VIDEO_FRAMES"]
+        files = expand_paths(paths)
+        failures = 0
+        show_bar = len(files) > 1 and sys.stderr.isatty()
+        with click.progressbar(files, label="scanning", file=sys.stderr) if show_bar else _plain(files) as bar:
+            for path in bar:
+                line = scan_one(path, detector, limits, frames, whole_image)
+                failures += line["error"] is not None
+                if as_json:
+                    click.echo(json.dumps(line))
+                elif line["error"]:
+                    click.echo(f"{path}: error: {line['error']}")
+                else:
+                    score = "-" if line["score"] is None else f"{line['score']:.3f}"
+                    click.echo(f"{path}: {line['verdict']} (score {score}, {line['kind']}, "
+                               f"{line['faces']} faces in {line['frames']} frames)")
+        if failures and not as_json:
+            click.echo(f"{failures} of {len(files)} files could not be analysed.", err=True)
+
+    @app.cli.command("train")
+    @click.option("--data", "data_dirs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
+                  help="DIR/{real,fake} or DIR/{Train,Validation,Test}/{Real,Fake}; repeat to combine.")
+    @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Model file (default MODEL_PATH).")
+    @click.option("--epochs", type=int, default=10)
+    @click.option("--steps-per-epoch", type=int, default=200)
+    @click.option("--batch-size", type=int, default=48)
+    @click.option("--input-size", type=int, default=128)
+    @click.option("--width", type=float, default=1.0, help="Channel multiplier of the network.")
+    @click.option("--learning-rate", type=float, default=2e-3)
+    @click.option("--minutes", type=float, default=None, help="Stop after the epoch that passes this budget.")
+    @click.option("--seed", type=int, default=0)
+    @with_appcontext
+    def train_command(data_dirs, out, epochs, steps_per_epoch, batch_size, input_size, width, learning_rate,
+                      minutes, seed):
+        """Train the detector, calibrate it on the validation split, write the model and its card."""
+        from utils.train import train
+
+        out = out or current_app.config["MODEL_PATH"]
+        card = train(list(data_dirs), out, input_size=input_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                     batch_size=batch_size, learning_rate=learning_rate, seed=seed, width=width,
+                     max_minutes=minutes, cache_dir=_cache_dir(), log=lambda m: click.echo(m, err=True))
+        click.echo(f"wrote {out} (version {card['version']}) and {Path(out).with_name('model_card.json')}")
+
+    @app.cli.command("evaluate")
+    @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
+    @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None)
+    @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+                  help="Where the ROC and confusion PNGs go (default instance/evaluation/<data name>).")
+    @click.option("--split", type=click.Choice(["all", "validation"]), default="all",
+                  help="'validation': only what the model's training run held out.")
+    @with_appcontext
+    def evaluate_command(data_dir, model_path, out_dir, split):
+        """Print accuracy, precision, recall, F1, ROC-AUC and the confusion matrix for DIR."""
+        from utils.model import ModelUnavailable
+        from utils.train import evaluate
+
+        model_path = model_path or current_app.config["MODEL_PATH"]
+        out_dir = out_dir or Path(current_app.instance_path) / "evaluation" / Path(data_dir).name
+        try:
+            result = evaluate(data_dir, model_path, out_dir, cache_dir=_cache_dir(), split=split)
+        except ModelUnavailable as exc:
+            raise click.ClickException(str(exc))
+        c = result["confusion"]
+        auc = "n/a" if result["roc_auc"] is None else f"{result['roc_auc']:.4f}"
+        click.echo(f"model {result['model_version']}, threshold {result['threshold']:.3f}, "
+                   f"{result['n']} images ({split})")
+        click.echo(f"accuracy  {result['accuracy']:.4f}")
+        click.echo(f"precision {result['precision']:.4f}")
+        click.echo(f"recall    {result['recall']:.4f}")
+        click.echo(f"f1        {result['f1']:.4f}")
+        click.echo(f"roc_auc   {auc}")
+        click.echo("confusion matrix (rows actual, columns predicted):")
+        click.echo(f"            real   fake\n  real  {c['tn']:>7} {c['fp']:>6}\n  fake  {c['fn']:>7} {c['tp']:>6}")
+        click.echo(f"wrote {result['roc_png']} and {result['confusion_png']}")
+
+
+class _plain:
+    """Stand-in for click.progressbar when there is nothing to draw."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __enter__(self):
+        return iter(self.items)
+
+    def __exit__(self, *exc):
+        return False

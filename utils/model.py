@@ -1,0 +1,148 @@
+"""The only module that imports TensorFlow: load the shipped model + its card, score crops, explain.
+
+The network has two heads (logits): `generation` (trained on real vs dataset fakes: face swaps and
+GAN faces) and `blending` (trained on real vs self-blended pseudo-fakes made from real faces). The
+card's `fusion` maps both logits to one calibrated P(fake) (a logistic regression fitted on the
+validation split), and holds the threshold and the uncertain band.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+BATCH = 32
+LAST_CONV = "last_conv"
+
+
+class ModelUnavailable(Exception):
+    """The model or its card is missing or unreadable; str(exc) says what to do."""
+
+
+def card_path_for(model_path: str | Path) -> Path:
+    return Path(model_path).with_name("model_card.json")
+
+
+@dataclass
+class Fusion:
+    weights: tuple[float, ...]
+    bias: float
+
+    def probability(self, logits: np.ndarray) -> np.ndarray:
+        z = logits.astype(np.float64) @ np.asarray(self.weights, np.float64) + self.bias
+        return (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).astype(np.float32)
+
+
+class Detector:
+    """A loaded model + card. score() is thread-safe and runs one compiled graph per batch size."""
+
+    def __init__(self, model_path: str | Path):
+        import tensorflow as tf
+        import keras
+
+        model_path = Path(model_path)
+        card_file = card_path_for(model_path)
+        if not model_path.exists():
+            raise ModelUnavailable(
+                f"No trained model at {model_path}. Train one with `flask --app app train --data DIR` "
+                "or set MODEL_PATH.")
+        if not card_file.exists():
+            raise ModelUnavailable(f"The model card {card_file} is missing; retrain or restore it.")
+        try:
+            self.card = json.loads(card_file.read_text())
+            self.model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+        except Exception as exc:  # a damaged file must not take the app down
+            raise ModelUnavailable(f"The model at {model_path} could not be loaded: {exc}") from exc
+        self.path = model_path
+        self.version = str(self.card.get("version", "unknown"))
+        self.input_size = int(self.card.get("input_size", self.model.input_shape[1]))
+        self.threshold = float(self.card.get("threshold", 0.5))
+        band = self.card.get("uncertain_band", [self.threshold, self.threshold])
+        self.uncertain_band = (float(band[0]), float(band[1]))
+        fusion = self.card.get("fusion") or {"weights": [1.0] + [0.0] * (self.model.output_shape[-1] - 1),
+                                             "bias": 0.0}
+        self.fusion = Fusion(tuple(fusion["weights"]), float(fusion["bias"]))
+        self.head_names = list(self.card.get("heads", ["generation", "blending"]))
+        self._tf = tf
+        self._lock = threading.Lock()
+        spec = tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.uint8)
+        model = self.model
+        self._logits_fn = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False),
+                                      input_signature=[spec], jit_compile=False, reduce_retracing=True)
+        self._cam_model = None
+
+    def _check(self, crops: np.ndarray) -> np.ndarray:
+        crops = np.asarray(crops)
+        if crops.ndim == 3:
+            crops = crops[None]
+        if crops.shape[1:] != (self.input_size, self.input_size, 3):
+            raise ValueError(f"crops must be [N,{self.input_size},{self.input_size},3], got {crops.shape}")
+        return np.ascontiguousarray(crops, dtype=np.uint8)
+
+    def logits(self, crops: np.ndarray) -> np.ndarray:
+        """Raw per-head logits [N, heads] (for evaluation and calibration)."""
+        crops = self._check(crops)
+        if len(crops) == 0:
+            return np.zeros((0, len(self.fusion.weights)), np.float32)
+        parts = []
+        for start in range(0, len(crops), BATCH):
+            parts.append(self._logits_fn(crops[start:start + BATCH]).numpy())
+        return np.concatenate(parts).astype(np.float32)
+
+    def score(self, crops: np.ndarray) -> np.ndarray:
+        """Calibrated P(fake) per crop."""
+        return self.fusion.probability(self.logits(crops))
+
+    def heatmaps(self, crops: np.ndarray) -> np.ndarray:
+        """Grad-CAM of the fused fake logit on the last convolution: where the evidence sits, 0..1."""
+        tf = self._tf
+        import keras
+
+        crops = self._check(crops)
+        with self._lock:
+            if self._cam_model is None:
+                layer = self.model.get_layer(LAST_CONV)
+                self._cam_model = keras.Model(self.model.inputs, [layer.output, self.model.output])
+        weights = tf.constant(np.asarray(self.fusion.weights, np.float32))
+        maps = []
+        for start in range(0, len(crops), BATCH):
+            x = tf.cast(crops[start:start + BATCH], tf.float32)
+            with tf.GradientTape() as tape:
+                features, logits = self._cam_model(x, training=False)
+                tape.watch(features)
+                target = tf.reduce_sum(logits * weights, axis=-1)
+            grads = tape.gradient(target, features)
+            channel_weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+            cam = tf.nn.relu(tf.reduce_sum(features * channel_weights, axis=-1)).numpy()
+            peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
+            maps.append(np.where(peak > 0, cam / np.maximum(peak, 1e-12), 0.0).astype(np.float32))
+        if not maps:
+            return np.zeros((0, 1, 1), np.float32)
+        return np.concatenate(maps)
+
+
+_detectors: dict[tuple[str, float], Detector] = {}
+_detectors_lock = threading.Lock()
+
+
+def get_detector(path: str | Path) -> Detector:
+    """One Detector per process and model file (reloaded if the file is replaced)."""
+    path = Path(path)
+    try:
+        stamp = path.stat().st_mtime
+    except OSError:
+        stamp = -1.0
+    key = (str(path.resolve()), stamp)
+    with _detectors_lock:
+        detector = _detectors.get(key)
+        if detector is None:
+            detector = Detector(path)
+            _detectors.clear()
+            _detectors[key] = detector
+        return detector
