@@ -23,6 +23,7 @@ PASSWORD = "correct horse battery"
 def pytest_configure(config):
     config.addinivalue_line("markers", "csrf: run this test with CSRF protection on")
     config.addinivalue_line("markers", "ratelimit: run this test with rate limits on")
+    config.addinivalue_line("markers", "app_config(**settings): extra settings for this test's app")
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def app(tmp_path, request, monkeypatch):
     instance = tmp_path / "instance"
     instance.mkdir()
     database_url = os.environ.get("TEST_DATABASE_URL") or f"sqlite:///{tmp_path / 'test.db'}"
-    app = create_app({
+    settings = {
         "TESTING": True,
         "SECRET_KEY": "test-secret-key",
         "SQLALCHEMY_DATABASE_URI": database_url,
@@ -41,8 +42,10 @@ def app(tmp_path, request, monkeypatch):
         "RATELIMIT_ENABLED": request.node.get_closest_marker("ratelimit") is not None,
         "RATELIMIT_STORAGE_URI": "memory://",
         "JOB_RUNNER": "sync",
-        "SERVER_NAME": None,
-    })
+    }
+    for marker in reversed(list(request.node.iter_markers("app_config"))):  # closest wins
+        settings.update(marker.kwargs)
+    app = create_app(settings)
     app.instance_path = str(instance)
     with app.app_context():
         if os.environ.get("TEST_DATABASE_URL"):

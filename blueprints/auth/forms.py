@@ -5,6 +5,7 @@ from wtforms.validators import DataRequired, Email, EqualTo, Length
 
 PASSWORD_MIN = 8
 PASSWORD_MAX = 128
+LENGTH_MESSAGE = f"Use {PASSWORD_MIN} to {PASSWORD_MAX} characters."
 
 
 def _normalise_email(value):
@@ -25,7 +26,7 @@ class RegisterForm(FlaskForm):
     )
     password = PasswordField(
         f"Password ({PASSWORD_MIN} to {PASSWORD_MAX} characters)",
-        validators=[DataRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)],
+        validators=[DataRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX, message=LENGTH_MESSAGE)],
     )
     confirm = PasswordField(
         "Repeat the password",
@@ -38,7 +39,7 @@ class ChangePasswordForm(FlaskForm):
     current_password = PasswordField("Current password", validators=[DataRequired(), Length(max=PASSWORD_MAX)])
     new_password = PasswordField(
         f"New password ({PASSWORD_MIN} to {PASSWORD_MAX} characters)",
-        validators=[DataRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)],
+        validators=[DataRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX, message=LENGTH_MESSAGE)],
     )
     confirm = PasswordField(
         "Repeat the new password",

@@ -1,5 +1,6 @@
 from flask_wtf import FlaskForm
 from wtforms import SelectField
+from wtforms.fields.choices import SelectChoice
 
 from models import KINDS, VERDICTS
 
@@ -12,6 +13,7 @@ class HistoryFilterForm(FlaskForm):
     class Meta:
         csrf = False
 
-    verdict = SelectField("Verdict", choices=[("", "Any verdict")] + [(v, VERDICT_LABELS[v]) for v in VERDICTS],
-                          default="")
-    kind = SelectField("Type", choices=[("", "Any type")] + [(k, k.capitalize()) for k in KINDS], default="")
+    verdict = SelectField("Verdict", default="", choices=[SelectChoice("", "Any verdict")]
+                          + [SelectChoice(v, VERDICT_LABELS[v]) for v in VERDICTS])
+    kind = SelectField("Type", default="", choices=[SelectChoice("", "Any type")]
+                       + [SelectChoice(k, k.capitalize()) for k in KINDS])
