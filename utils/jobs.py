@@ -133,6 +133,13 @@ def get_runner(app: Flask):
     return app.extensions["jobs"]
 
 
+def queue_state() -> dict:
+    """For /healthz: which runner, and whether it can take work. A Redis outage does not make the
+    web unhealthy (uploads stay queued in the database and workers pick them up later), so it is
+    reported, not failed on."""
+    return current_app.extensions["jobs"].describe()
+
+
 def _make_runner(app: Flask):
     name = runner_name(app)
     if name == "rq":
@@ -149,7 +156,7 @@ def _mark_queued(analysis_id: int, job_id: str | None) -> bool:
     result = db.session.execute(
         update(Analysis)
         .where(Analysis.id == analysis_id, Analysis.status != "running")
-        .values(status="queued", job_id=job_id, attempts=0, error=None, stage=None, progress=0.0,
+        .values(status="queued", job_id=job_id, attempts=0, error=None, stage="queued", progress=0.0,
                 heartbeat_at=None, finished_at=None)
     )
     db.session.commit()
@@ -170,11 +177,11 @@ def _claim(analysis_id: int, token: str, *, expected_job_id: str | None) -> bool
     return result.rowcount == 1
 
 
-def _fail_if_mine(analysis_id: int, token: str, reason: str, *, only_running: bool = True) -> bool:
-    """Record a failure unless the row has moved on (a newer run owns it, or it finished)."""
-    stmt = update(Analysis).where(Analysis.id == analysis_id, Analysis.job_id == token)
-    stmt = stmt.where(Analysis.status == "running") if only_running else stmt.where(
-        Analysis.status.in_(("running", "failed")))
+def _fail_if_mine(analysis_id: int, token: str, reason: str,
+                  from_statuses: tuple[str, ...] = ("running",)) -> bool:
+    """Record a failure unless the row has moved on (a newer run owns it, or it settled)."""
+    stmt = update(Analysis).where(Analysis.id == analysis_id, Analysis.job_id == token,
+                                  Analysis.status.in_(from_statuses))
     with db.engine.begin() as conn:
         result = conn.execute(stmt.values(status="failed", error=reason, finished_at=utcnow()))
     return result.rowcount == 1
@@ -280,9 +287,13 @@ def run_job(analysis_id: int, token: str, *, expected_job_id: str | None = None)
             raise
         else:
             db.session.rollback()
-            if lease.timed_out.is_set():
+            if lease.abandoned.is_set():
+                # Declared failed at the hard deadline while stuck: a late finish does not undo it.
+                _fail_if_mine(analysis_id, token, timeout_reason(lease.timeout),
+                              ("running", "done", "failed"))
+            elif lease.timed_out.is_set():
                 # A hard stop (RQ's alarm) surfaced inside the pipeline as an 'internal error'.
-                _fail_if_mine(analysis_id, token, timeout_reason(lease.timeout), only_running=False)
+                _fail_if_mine(analysis_id, token, timeout_reason(lease.timeout), ("running", "failed"))
             else:
                 _fail_if_mine(analysis_id, token, CRASH_REASON)  # no-op unless left running
     db.session.expire_all()
@@ -327,7 +338,7 @@ def sweep_expired_leases(app: Flask) -> Recovery:
             values = dict(status="failed", error=gave_up_reason(row.attempts), finished_at=utcnow())
             bucket = found.failed
         else:
-            values = dict(status="queued", job_id=None, heartbeat_at=None, stage=None, progress=0.0)
+            values = dict(status="queued", job_id=None, heartbeat_at=None, stage="queued", progress=0.0)
             bucket = found.requeued
         if db.session.execute(update(Analysis).where(*same_run).values(**values)).rowcount == 1:
             bucket.append(row.id)
@@ -380,6 +391,9 @@ class SyncRunner:
         for analysis_id in found.to_run:
             self._run(analysis_id)
         return found
+
+    def describe(self) -> dict:
+        return {"runner": "sync", "ok": True}
 
 
 def _local_token() -> str:
@@ -434,6 +448,10 @@ class ThreadRunner:
         for analysis_id in found.to_run:
             self._queue.put(analysis_id)
         return found
+
+    def describe(self) -> dict:
+        return {"runner": "thread", "ok": True, "threads": int(self.app.config["JOB_WORKERS"]),
+                "started": self.started, "backlog": self._queue.unfinished_tasks if self.started else 0}
 
     def wait_idle(self, timeout: float) -> bool:
         """True once every submitted job has finished (tests and graceful shutdown use it)."""
@@ -498,13 +516,27 @@ class RQRunner:
         if self._connection is None:
             from redis import Redis
 
-            self._connection = Redis.from_url(self.app.config["REDIS_URL"])
+            # Bounded waits, so a web request never hangs on an unreachable Redis.
+            self._connection = Redis.from_url(self.app.config["REDIS_URL"], socket_connect_timeout=3,
+                                              socket_timeout=10, health_check_interval=30)
         return self._connection
 
     def queue(self):
         from rq import Queue
 
         return Queue(self.app.config["JOB_QUEUE"], connection=self.connection)
+
+    def describe(self) -> dict:
+        state = {"runner": "rq", "ok": True, "queue": self.app.config["JOB_QUEUE"]}
+        try:
+            from rq import Worker
+
+            state["backlog"] = self.queue().count
+            state["workers"] = Worker.count(connection=self.connection)
+            state["redis"] = "ok"
+        except Exception as exc:
+            state["redis"] = f"unreachable ({exc.__class__.__name__})"
+        return state
 
     def submit(self, analysis_id: int) -> None:
         job_id = _new_rq_job_id(analysis_id)
