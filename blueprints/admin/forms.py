@@ -1,8 +1,10 @@
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, RadioField, SubmitField, TextAreaField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, Optional
 
-DECISION_CHOICES = [("fake", "Confirmed fake"), ("real", "Actually real"), ("cannot_tell", "Cannot tell")]
+DECISION_CHOICES = [SelectChoice("fake", "Confirmed fake"), SelectChoice("real", "Actually real"),
+                    SelectChoice("cannot_tell", "Cannot tell")]
 
 
 class ReviewForm(FlaskForm):
