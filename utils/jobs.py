@@ -46,7 +46,8 @@ def timeout_reason(seconds: int) -> str:
 
 
 def gave_up_reason(attempts: int) -> str:
-    return (f"The analysis was interrupted {attempts} times (the process running it stopped), "
+    times = "once" if attempts == 1 else f"{attempts} times"
+    return (f"The analysis was interrupted {times} (the process running it stopped), "
             "so it was given up. Please try again later.")
 
 
@@ -282,8 +283,11 @@ def run_job(analysis_id: int, token: str, *, expected_job_id: str | None = None)
             _fail_if_mine(analysis_id, token, timeout_reason(lease.timeout))
         except BaseException:
             db.session.rollback()
-            log.exception("analysis %s: job crashed", analysis_id)
-            _fail_if_mine(analysis_id, token, CRASH_REASON)
+            if lease.timed_out.is_set():  # RQ's hard alarm, raised where the job was stuck
+                _fail_if_mine(analysis_id, token, timeout_reason(lease.timeout), ("running", "failed"))
+            else:
+                log.exception("analysis %s: job crashed", analysis_id)
+                _fail_if_mine(analysis_id, token, CRASH_REASON)
             raise
         else:
             db.session.rollback()

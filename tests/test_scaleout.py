@@ -1,0 +1,306 @@
+"""Scale-out against the real servers: RQ on Redis with real `flask --app app worker` processes,
+a shared database (SQLite file by default; PostgreSQL with JOBS_TEST_DATABASE=postgresql), and the
+gunicorn production start. Skips with the reason when Redis/PostgreSQL are unreachable, fails
+instead under REQUIRE_SERVICES=1 (CI)."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.jobs_support import (ROOT, Process, ScratchDatabase, add_queued, add_user, flask_env, free_port,
+                                make_app, redis_url, row, start_worker, wait_for, wait_status, wanted_database)
+
+MODEL_FILE = ROOT / "utils" / "weights" / "detector.keras"
+
+
+@pytest.fixture
+def store(tmp_path):
+    database = ScratchDatabase(tmp_path, wanted_database())
+    yield database
+    database.drop()
+
+
+@pytest.fixture
+def rq_setup(store, tmp_path):
+    """A queue name nobody else uses on the test Redis DB; its keys are deleted afterwards."""
+    from redis import Redis
+
+    url = redis_url()
+    queue_name = f"test-{uuid.uuid4().hex[:10]}"
+    processes: list[Process] = []
+    apps = []
+
+    class Setup:
+        redis = url
+        queue = queue_name
+
+        def app(self, **config):
+            settings = dict(JOB_RUNNER="rq", REDIS_URL=url, JOB_QUEUE=queue_name)
+            settings.update(config)
+            app = make_app(store.url, tmp_path, **settings)
+            apps.append(app)
+            return app
+
+        def worker(self, name: str, **env) -> Process:
+            settings = dict(REDIS_URL=url, JOB_QUEUE=queue_name, JOB_LEASE_SECONDS=2,
+                            JOB_HEARTBEAT_SECONDS=0.3, JOB_SWEEP_SECONDS=0.5,
+                            JOB_TARGET="tests.job_targets:staged")
+            settings.update(env)
+            process = start_worker(store.url, tmp_path, f"{queue_name}-{name}", **settings)
+            processes.append(process)
+            return process
+
+    yield Setup()
+
+    from extensions import db
+
+    for process in processes:
+        process.stop()
+    for app in apps:
+        with app.app_context():
+            db.engine.dispose()
+    connection = Redis.from_url(url)
+    for key in list(connection.scan_iter("rq:job:*")):
+        if connection.hget(key, "origin") == queue_name.encode():
+            job_id = key.decode().split(":", 2)[2]
+            connection.delete(key, *connection.scan_iter(f"rq:*{job_id}*"))
+    for key in list(connection.scan_iter(f"*{queue_name}*")):
+        connection.delete(key)
+
+
+def enqueue(app, analysis_id):
+    from utils import jobs
+
+    with app.app_context():
+        jobs.enqueue(analysis_id)
+
+
+def rq_job(setup, job_id):
+    from redis import Redis
+    from rq.job import Job
+
+    return Job.fetch(job_id, connection=Redis.from_url(setup.redis))
+
+
+def settle(app, ids, timeout, workers):
+    """Wait for every row to finish; on a timeout show what the workers said."""
+    try:
+        return [wait_status(app, i, ("done", "failed"), timeout=timeout) for i in ids]
+    except AssertionError:
+        for worker in workers:
+            print(f"--- {worker.log_path.name}\n{worker.output()[-4000:]}")
+        raise
+
+
+def test_rq_worker_takes_queued_analyses_to_done(rq_setup):
+    app = rq_setup.app()
+    ids = add_queued(app, add_user(app), n=3)
+    for analysis_id in ids:
+        enqueue(app, analysis_id)
+
+    queued = [row(app, i) for i in ids]
+    assert all(r.status == "queued" and r.job_id.startswith(f"analysis-{r.id}-") for r in queued)
+    with app.app_context():
+        assert app.extensions["jobs"].queue().count == 3
+
+    worker = rq_setup.worker("a")
+    finished = settle(app, ids, timeout=60, workers=[worker])
+
+    assert [r.status for r in finished] == ["done"] * 3
+    for before, after in zip(queued, finished):
+        assert after.job_id == before.job_id and after.attempts == 1
+        assert rq_job(rq_setup, after.job_id).get_status() == "finished"
+
+
+def test_two_workers_share_the_queue_and_each_job_runs_once(rq_setup):
+    from redis import Redis
+    from rq import Queue, Worker
+
+    app = rq_setup.app()
+    workers = [rq_setup.worker(n, FAKE_JOB_STEP_SECONDS=0.1) for n in ("a", "b")]
+    queue = Queue(rq_setup.queue, connection=Redis.from_url(rq_setup.redis))
+    wait_for(lambda: len(Worker.all(queue=queue)) == 2, timeout=60, what="two workers registered")
+
+    ids = add_queued(app, add_user(app), n=6)
+    for analysis_id in ids:
+        enqueue(app, analysis_id)
+    finished = settle(app, ids, timeout=60, workers=workers)
+
+    assert [(r.status, r.attempts) for r in finished] == [("done", 1)] * 6
+    assert len({rq_job(rq_setup, r.job_id).worker_name for r in finished}) == 2
+
+
+def test_time_limit_fails_rq_jobs_with_a_reason_and_the_worker_goes_on(rq_setup):
+    app = rq_setup.app(JOB_TIMEOUT=1, JOB_TIMEOUT_GRACE=1)
+    user_id = add_user(app)
+    endless, stuck, after = add_queued(app, user_id, n=3)
+    worker = rq_setup.worker("a", JOB_TIMEOUT=1, JOB_TIMEOUT_GRACE=1, FAKE_JOB_STUCK_SECONDS=30,
+                             JOB_TARGET="tests.job_targets:endless_with_progress")
+    enqueue(app, endless)
+    [first] = settle(app, [endless], timeout=60, workers=[worker])
+    worker.stop()
+
+    # A job stuck without reporting progress: RQ's alarm (JOB_TIMEOUT + grace) ends it.
+    worker = rq_setup.worker("b", JOB_TIMEOUT=1, JOB_TIMEOUT_GRACE=1, FAKE_JOB_STUCK_SECONDS=30,
+                             JOB_TARGET="tests.job_targets:stuck_without_progress")
+    enqueue(app, stuck)
+    [second] = settle(app, [stuck], timeout=60, workers=[worker])
+    started = time.monotonic()
+    app.config["JOB_TIMEOUT"] = 30
+    enqueue(app, after)  # the next job, same worker: it was not killed by the stuck one
+    wait_for(lambda: row(app, after).status != "queued", timeout=30, what="the worker to take the next job")
+
+    for failed in (first, second):
+        assert failed.status == "failed", failed.error
+        assert "took longer than 1 s" in failed.error
+    assert time.monotonic() - started < 30
+    assert rq_job(rq_setup, second.job_id).get_status() == "failed"
+
+
+def test_killed_worker_job_is_rerun_by_the_next_worker(rq_setup):
+    app = rq_setup.app()
+    [analysis_id] = add_queued(app, add_user(app))
+    victim = rq_setup.worker("victim", JOB_TARGET="tests.job_targets:slow_first_attempt")
+    enqueue(app, analysis_id)
+    try:
+        wait_for(lambda: (r := row(app, analysis_id)).status == "running" and r.stage.startswith("finding"),
+                 timeout=60, what="the job to be running in the worker")
+    except AssertionError:
+        print(victim.output())
+        raise
+    victim.kill9()
+    orphan = row(app, analysis_id)
+    assert (orphan.status, orphan.attempts) == ("running", 1)
+
+    rescuer = rq_setup.worker("rescuer", JOB_TARGET="tests.job_targets:slow_first_attempt")
+    [rerun] = settle(app, [analysis_id], timeout=60, workers=[rescuer])
+
+    assert (rerun.status, rerun.attempts) == ("done", 2)
+    assert rerun.job_id != orphan.job_id
+
+
+def test_killed_worker_job_fails_with_a_reason_when_attempts_run_out(rq_setup):
+    app = rq_setup.app()
+    [analysis_id] = add_queued(app, add_user(app))
+    victim = rq_setup.worker("victim", JOB_TARGET="tests.job_targets:slow_first_attempt")
+    enqueue(app, analysis_id)
+    wait_for(lambda: row(app, analysis_id).status == "running", timeout=60, what="the job to start")
+    victim.kill9()
+
+    rescuer = rq_setup.worker("rescuer", JOB_MAX_ATTEMPTS=1)
+    [failed] = settle(app, [analysis_id], timeout=60, workers=[rescuer])
+
+    assert failed.status == "failed" and "interrupted once" in failed.error
+
+
+def test_starting_worker_picks_up_queued_rows_whose_jobs_were_lost(rq_setup):
+    """The web committed the rows but Redis lost the jobs (flushed, or down at upload time)."""
+    from models import utcnow
+
+    app = rq_setup.app()
+    user_id = add_user(app)
+    a_while_ago = utcnow() - timedelta(minutes=2)
+    [lost] = add_queued(app, user_id, job_id="analysis-0-gone", created_at=a_while_ago)
+    [never_sent] = add_queued(app, user_id, job_id=None, created_at=a_while_ago)
+
+    worker = rq_setup.worker("a")
+    finished = settle(app, [lost, never_sent], timeout=60, workers=[worker])
+
+    assert [(r.status, r.attempts) for r in finished] == [("done", 1), ("done", 1)]
+    assert finished[0].job_id != "analysis-0-gone"
+
+
+def test_upload_is_kept_queued_when_redis_is_down(store, tmp_path):
+    app = make_app(store.url, tmp_path, JOB_RUNNER="rq", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    [analysis_id] = add_queued(app, add_user(app))
+
+    enqueue(app, analysis_id)  # logs the failure; must not raise into the upload request
+
+    assert row(app, analysis_id).status == "queued"
+    with app.app_context():
+        from utils import jobs
+
+        state = jobs.queue_state()
+    assert state["runner"] == "rq" and state["redis"].startswith("unreachable")
+
+
+@pytest.mark.skipif(not MODEL_FILE.exists(), reason=f"no trained model at {MODEL_FILE} yet")
+def test_an_upload_reaches_done_on_an_rq_worker_with_the_real_model(rq_setup):
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    from extensions import db
+    from models import User
+
+    app = rq_setup.app(JOB_TARGET="utils.analysis:analyse")
+    user_id = add_user(app)
+    worker = rq_setup.worker("model", JOB_TARGET="utils.analysis:analyse", JOB_TIMEOUT=120,
+                             MODEL_PATH=str(MODEL_FILE))
+    client = app.test_client()
+    with app.app_context():
+        session_id = db.session.get(User, user_id).get_id()
+    with client.session_transaction() as session:
+        session["_user_id"] = session_id
+    ids = []
+    for quality in (90, 70):  # two different files: the second must reuse the loaded model
+        photo = io.BytesIO()
+        Image.fromarray(data.astronaut()).save(photo, "JPEG", quality=quality)
+        photo.seek(0)
+        response = client.post("/upload", data={"files": (photo, f"astronaut-{quality}.jpg")},
+                               content_type="multipart/form-data")
+        assert response.status_code == 302, response.get_data(as_text=True)[:500]
+        ids.append(int(response.headers["Location"].rstrip("/").rsplit("/", 1)[-1]))
+
+    finished = settle(app, ids, timeout=180, workers=[worker])
+
+    for done in finished:
+        assert done.status == "done", done.error
+        assert done.verdict in ("real", "fake", "uncertain", "no_face") and done.model_version
+    assert worker.output().count("model loaded from") == 1
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        found.extend(int(c) for c in children)
+    return found
+
+
+def test_gunicorn_production_start_serves_healthz_with_two_workers(store, tmp_path):
+    make_app(store.url, tmp_path)  # the tables, as `flask db upgrade` would leave them
+    port = free_port()
+    env = flask_env(store.url, tmp_path, PORT=port, WEB_CONCURRENCY=2, APP_ENV="production",
+                    SECRET_KEY="a-long-random-secret-for-this-test")
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    server = Process([gunicorn, "-c", "gunicorn.conf.py"], env, tmp_path / "gunicorn.log")
+    try:
+        def healthz():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as exc:  # 503 while the model is missing
+                return exc.code, json.loads(exc.read())
+            except OSError:
+                return None
+
+        status, body = wait_for(healthz, timeout=60, interval=0.3, what="gunicorn to answer /healthz")
+        assert body["database"]["ok"] is True
+        assert status == (200 if body["model"]["ok"] else 503)
+        assert len(_children(server.pid)) == 2
+        assert server.stop() == 0
+        log = server.output()
+        assert f"Listening at: http://127.0.0.1:{port}" in log
+        assert '"GET /healthz HTTP/1.1"' in log  # access log on stdout
+    finally:
+        server.stop()
