@@ -5,13 +5,13 @@ import sys
 import zipfile
 from pathlib import Path
 
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, current_app, g, jsonify, render_template, request
 from flask_login import current_user
 from sqlalchemy import func, text
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from extensions import db
+from extensions import db, login_manager
 from models import Analysis
 
 bp = Blueprint("main", __name__)
@@ -81,9 +81,13 @@ def _model_state() -> dict:
         state["loadable"] = "config.json" in names
     except (zipfile.BadZipFile, OSError):
         state["loadable"] = False
-    state["ok"] = state["loadable"]
-    if not state["ok"]:
+    card = path.with_name("model_card.json")
+    state["card_present"] = card.is_file()
+    state["ok"] = state["loadable"] and state["card_present"]
+    if not state["loadable"]:
         state["error"] = "model file is not a readable Keras archive"
+    elif not state["card_present"]:
+        state["error"] = "model card (model_card.json) missing next to the model"
     return state
 
 
@@ -164,6 +168,8 @@ def http_error(exc: HTTPException):
 def database_unavailable(exc):
     current_app.logger.error("database unavailable: %s", exc)
     db.session.rollback()
+    # Treat the visitor as anonymous, or rendering the page would ask the database who they are.
+    g._login_user = login_manager.anonymous_user()
     return render_error(503)
 
 
