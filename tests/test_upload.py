@@ -162,3 +162,42 @@ def test_uploads_are_rate_limited(client, auth, user, app, enqueued):
     statuses = [upload(client, (jpeg_bytes(10 + i), f"{i}.jpg")).status_code for i in range(3)]
     assert statuses == [302, 302, 429]
     assert len(rows(app)) == 2
+
+
+MODEL_PATH = Path(__file__).resolve().parent.parent / "utils" / "weights" / "detector.keras"
+
+
+@pytest.mark.skipif(not MODEL_PATH.exists(), reason="needs the trained model (utils/weights/detector.keras)")
+@pytest.mark.parametrize("picture, expected", [("astronaut", "face"), ("grey", "no_face")])
+def test_real_upload_end_to_end(client, auth, user, app, picture, expected):
+    """The whole journey with the shipped model: form -> storage -> job (inline) -> result page."""
+    import numpy as np
+    from PIL import Image
+
+    if picture == "astronaut":
+        from skimage import data
+
+        image = Image.fromarray(data.astronaut())
+    else:
+        image = Image.fromarray(np.full((240, 320, 3), 128, np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=92)
+    app.config["MODEL_PATH"] = str(MODEL_PATH)
+    auth.login()
+    response = upload(client, (buffer.getvalue(), f"{picture}.jpg"))
+    assert response.status_code == 302
+    [analysis] = rows(app)
+    assert analysis.status == "done", analysis.error
+    assert analysis.model_version and analysis.threshold is not None
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    if expected == "no_face":
+        assert analysis.verdict == "no_face" and analysis.faces_found == 0 and analysis.score is None
+        assert "No face found" in page
+    else:
+        assert analysis.verdict in ("real", "fake", "uncertain") and analysis.faces_found >= 1
+        assert 0.0 <= analysis.score <= 1.0
+        assert '<rect class="box' in page
+        thumb = client.get(f"/analyses/{analysis.id}/thumb")
+        assert thumb.status_code == 200 and thumb.data[:2] == b"\xff\xd8"
+    status = client.get(f"/analyses/{analysis.id}/status").get_json()
+    assert status["status"] == "done" and status["verdict"] == analysis.verdict

@@ -9,7 +9,7 @@ from flask_login import current_user, login_required
 
 from blueprints.access import analysis_for_viewer, own_analysis
 from blueprints.upload.forms import DisputeForm, UploadForm
-from blueprints.upload.service import UploadRejected, accept_upload
+from blueprints.upload.service import UploadRejected, accept_upload, display_name
 from extensions import db, limiter
 from models import utcnow
 from utils import storage
@@ -46,7 +46,7 @@ def upload():
 def _accept_files(files):
     accepted = []
     for file_storage in files:
-        name = file_storage.filename
+        name = display_name(file_storage.filename)[:80]  # flashed messages live in the cookie
         try:
             outcome = accept_upload(current_user._get_current_object(), file_storage)
         except UploadRejected as exc:
