@@ -58,7 +58,7 @@ def aggregate_faces(faces: list[tuple[int, int, float]], frames_sampled: int, th
     """faces: (frame_index, person, score) for every face found. See the module docstring."""
     frames_with_faces = len({frame for frame, _, _ in faces})
     if not faces:
-        where = (f"none of the {frames_sampled} sampled frames" if kind == "video" and frames_sampled
+        where = (f"any of the {frames_sampled} sampled frames" if kind == "video" and frames_sampled
                  else "the image")
         return MediaVerdict("no_face", None, 0,
                             f"No face was found in {where}, so no verdict was made.")

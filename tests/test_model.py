@@ -1,0 +1,113 @@
+"""utils/model.py: loading, determinism, calibrated scores, heatmaps, failure as ModelUnavailable."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from utils import model as model_module
+from utils.model import Detector, ModelUnavailable, get_detector
+
+SHIPPED = Path(__file__).resolve().parents[1] / "utils" / "weights" / "detector.keras"
+
+
+def make_tiny_model(folder: Path, input_size: int = 32, fusion=None) -> Path:
+    """A randomly initialised network of the shipped architecture plus a card, for fast tests."""
+    import keras
+
+    from utils.train import build_model
+
+    keras.utils.set_random_seed(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "detector.keras"
+    build_model(input_size, width=0.25).save(path)
+    card = {"version": "test-1", "input_size": input_size, "threshold": 0.5, "uncertain_band": [0.4, 0.6],
+            "fusion": fusion or {"weights": [1.0, 0.5], "bias": -0.1}}
+    (folder / "model_card.json").write_text(json.dumps(card))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+def crops(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_card_values_are_exposed(tiny_model):
+    detector = Detector(tiny_model)
+    assert detector.version == "test-1" and detector.input_size == 32
+    assert detector.threshold == 0.5 and detector.uncertain_band == (0.4, 0.6)
+
+
+def test_scores_are_deterministic_probabilities(tiny_model):
+    detector = Detector(tiny_model)
+    batch = crops(5)
+    first, second = detector.score(batch), detector.score(batch)
+    assert first.shape == (5,) and np.array_equal(first, second)
+    assert ((first > 0) & (first < 1)).all()
+    # a face scores the same alone as inside a batch
+    assert detector.score(batch[2:3])[0] == pytest.approx(first[2], abs=1e-5)
+
+
+def test_score_is_the_card_fusion_of_the_head_logits(tiny_model):
+    detector = Detector(tiny_model)
+    batch = crops(4, seed=3)
+    logits = detector.logits(batch)
+    expected = 1 / (1 + np.exp(-(logits @ np.array([1.0, 0.5]) - 0.1)))
+    assert np.allclose(detector.score(batch), expected, atol=1e-6)
+    direct = detector.model(batch.astype(np.float32), training=False).numpy()
+    assert np.allclose(logits, direct, atol=1e-4)
+
+
+def test_large_batches_are_split_consistently(tiny_model):
+    detector = Detector(tiny_model)
+    batch = crops(model_module.BATCH + 7, seed=5)
+    whole = detector.score(batch)
+    parts = np.concatenate([detector.score(batch[:10]), detector.score(batch[10:])])
+    assert np.allclose(whole, parts, atol=1e-5)
+
+
+def test_empty_batch_and_wrong_shape(tiny_model):
+    detector = Detector(tiny_model)
+    assert detector.score(np.zeros((0, 32, 32, 3), np.uint8)).shape == (0,)
+    with pytest.raises(ValueError):
+        detector.score(np.zeros((2, 48, 48, 3), np.uint8))
+
+
+def test_heatmaps_are_normalised_maps(tiny_model):
+    detector = Detector(tiny_model)
+    maps = detector.heatmaps(crops(3, seed=7))
+    assert maps.ndim == 3 and maps.shape[0] == 3
+    assert maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-6
+
+
+def test_missing_or_damaged_model_is_unavailable(tmp_path):
+    with pytest.raises(ModelUnavailable, match="No trained model"):
+        Detector(tmp_path / "absent.keras")
+    broken = tmp_path / "detector.keras"
+    broken.write_bytes(b"not a keras archive")
+    (tmp_path / "model_card.json").write_text("{}")
+    with pytest.raises(ModelUnavailable, match="could not be loaded"):
+        Detector(broken)
+
+
+def test_get_detector_caches_per_file(tiny_model):
+    assert get_detector(tiny_model) is get_detector(tiny_model)
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model yet")
+def test_shipped_model_and_card():
+    detector = get_detector(SHIPPED)
+    card = detector.card
+    assert SHIPPED.stat().st_size < 20 * 1024 * 1024
+    low, high = detector.uncertain_band
+    assert 0 < low <= detector.threshold <= high < 1
+    for key in ("version", "input_size", "data", "split", "training", "validation_metrics", "fusion"):
+        assert key in card
+    scores = detector.score(crops(4, detector.input_size))
+    assert scores.shape == (4,) and np.array_equal(scores, detector.score(crops(4, detector.input_size)))
