@@ -129,3 +129,13 @@ def test_history_pages_need_sign_in(client):
     for path in ("/history", "/history/export.csv", "/history/export.json"):
         response = client.get(path)
         assert response.status_code == 302 and "/login" in response.headers["Location"]
+
+
+def test_a_running_analysis_cannot_be_deleted_until_it_finishes(app, client, auth, user, make_analysis):
+    analysis_id = make_analysis(user, status="running", verdict=None, content=jpeg_bytes(4))
+    auth.login()
+    response = client.post(f"/analyses/{analysis_id}/delete")
+    assert response.status_code == 302 and response.headers["Location"] == f"/analyses/{analysis_id}"
+    with app.app_context():
+        assert db.session.get(Analysis, analysis_id) is not None
+    assert "once it has finished" in client.get(f"/analyses/{analysis_id}").get_data(as_text=True)

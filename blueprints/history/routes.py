@@ -53,6 +53,10 @@ def delete(analysis_id: int):
     if not form.validate_on_submit():
         flash("The delete form expired. Please try again.", "error")
         return redirect(url_for("upload.result", analysis_id=analysis_id))
+    if analysis.status == "running":
+        # The job would write its results back into a deleted row and folder.
+        flash("This analysis is running; delete it once it has finished.", "error")
+        return redirect(url_for("upload.result", analysis_id=analysis_id))
     delete_analysis(analysis)
     flash(f"“{analysis.original_name}” and its results were deleted.", "info")
     return redirect(url_for("history.index"))
