@@ -32,6 +32,9 @@ def app(tmp_path, request, monkeypatch):
     instance = tmp_path / "instance"
     instance.mkdir()
     database_url = os.environ.get("TEST_DATABASE_URL") or f"sqlite:///{tmp_path / 'test.db'}"
+    for prefix in ("postgres://", "postgresql://"):  # the driver we ship is psycopg 3
+        if database_url.startswith(prefix):
+            database_url = "postgresql+psycopg://" + database_url[len(prefix):]
     settings = {
         "TESTING": True,
         "SECRET_KEY": "test-secret-key",

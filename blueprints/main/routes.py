@@ -129,6 +129,9 @@ def healthz():
 
 def _too_large_message() -> str:
     limit = current_app.config.get("MAX_CONTENT_LENGTH") or 0
+    if request.content_length and limit and request.content_length <= limit:
+        # Under the upload limit, so a text field was too long (MAX_FORM_MEMORY_SIZE).
+        return "A form field held far more text than it accepts. Shorten it and try again."
     return (f"The upload is larger than the limit of {limit / (1024 * 1024):.0f} MB. "
             "Choose a smaller file, or trim the video, and try again.")
 
