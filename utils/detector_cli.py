@@ -18,7 +18,8 @@ MEDIA_SUFFIXES = dataset_suffixes = {
 
 
 def _cache_dir() -> Path:
-    return Path(current_app.root_path) / "data" / "cache"
+    """Where cropped training/evaluation faces are cached (git-ignored; DETECTOR_CACHE_DIR overrides)."""
+    return Path(current_app.config.get("DETECTOR_CACHE_DIR") or Path(current_app.root_path) / "data" / "cache")
 
 
 def expand_paths(paths: tuple[str, ...]) -> list[Path]:
