@@ -181,3 +181,16 @@ def test_reviewer_decision_is_shown_to_the_owner(app, client, auth, user, admin_
     assert "an original press photo" in html
     assert "admin@example.com" not in html  # the owner sees the decision, not who made it
     assert "Think the verdict is wrong?" not in html
+
+
+def test_scores_near_the_threshold_keep_a_decimal_and_get_the_uncertain_colour(app, client, auth, user,
+                                                                               make_analysis):
+    analysis_id = make_analysis(user, verdict="uncertain", score=0.4937, threshold=0.5, uncertain_low=0.49,
+                                uncertain_high=0.51, faces=[(1, 2, 30, 40, 0.4937)], frames=[(0, 0.0, 1, 0.4937)])
+    with app.app_context():
+        db.session.get(Analysis, analysis_id).frames[0].thumb_name = "frame-000.jpg"
+        db.session.commit()
+    auth.login()
+    html = client.get(f"/analyses/{analysis_id}").get_data(as_text=True)
+    assert "49.4&nbsp;%" in html and "threshold 50&nbsp;%" in html and "between 49&nbsp;% and 51&nbsp;%" in html
+    assert '<rect class="box box-uncertain" x="1" y="2"' in html

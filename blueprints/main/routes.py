@@ -36,6 +36,15 @@ ERROR_TEXT = {
 }
 
 
+@bp.app_template_filter("percent")
+def percent(value: float | None) -> str:
+    """0.4937 -> "49.4", 0.5 -> "50": whole numbers where rounding loses nothing a reader needs."""
+    if value is None:
+        return "–"
+    p = value * 100
+    return f"{p:.0f}" if abs(p - round(p)) < 0.05 else f"{p:.1f}"
+
+
 @bp.route("/")
 def index():
     recent = []
