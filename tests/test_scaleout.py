@@ -304,3 +304,105 @@ def test_gunicorn_production_start_serves_healthz_with_two_workers(store, tmp_pa
         assert '"GET /healthz HTTP/1.1"' in log  # access log on stdout
     finally:
         server.stop()
+
+
+def _run(argv: list[str], env: dict, stdin: str = "") -> str:
+    import subprocess
+
+    done = subprocess.run(argv, cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _post_file(url: str, token: str, name: str, payload: bytes) -> tuple[int, dict]:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Authorization": f"Bearer {token}", "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status, json.loads(response.read())
+
+
+def _get_json(url: str, token: str | None = None) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.skipif(not MODEL_FILE.exists(), reason=f"no trained model at {MODEL_FILE} yet")
+def test_the_documented_scale_out_topology_end_to_end(rq_setup, tmp_path):
+    """docs/scaling.md, command by command: PostgreSQL + Redis + a shared upload folder,
+    `flask db upgrade`, an account and an API token from the CLI, two `flask --app app worker`
+    processes, gunicorn with two web workers; an API upload ends `done`."""
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    pg = ScratchDatabase(tmp_path, "postgresql")
+    flask = str(Path(sys.executable).parent / "flask")
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    port = free_port()
+    env = flask_env(pg.url, tmp_path, APP_ENV="production", SECRET_KEY="one-secret-shared-by-all-web-workers",
+                    REDIS_URL=rq_setup.redis, JOB_QUEUE=rq_setup.queue, MODEL_PATH=str(MODEL_FILE),
+                    PORT=port, WEB_CONCURRENCY=2)
+    processes = []
+    try:
+        _run([flask, "--app", "app", "db", "upgrade"], env)
+        has_migrations = any((ROOT / "migrations" / "versions").glob("*.py"))
+        if has_migrations:
+            from sqlalchemy import create_engine, inspect
+
+            engine = create_engine(pg.url)
+            assert "analysis" in inspect(engine).get_table_names(), "flask db upgrade made no tables"
+            engine.dispose()
+        else:  # until the first migration is committed, the tables come from the models
+            make_app(pg.url, tmp_path)
+        _run([flask, "--app", "app", "users", "create", "ops@example.com"], env, stdin="a long enough password\n")
+        token = _run([flask, "--app", "app", "tokens", "create", "ops@example.com"], env).strip().splitlines()[-1]
+
+        for name in ("w1", "w2"):
+            processes.append(Process([flask, "--app", "app", "worker", "--name", f"{rq_setup.queue}-{name}"],
+                                     env, tmp_path / f"{name}.log"))
+        processes.append(Process([gunicorn, "-c", "gunicorn.conf.py"], env, tmp_path / "gunicorn.log"))
+        base = f"http://127.0.0.1:{port}"
+        status, health = wait_for(lambda: _get_json(base + "/healthz") if _alive(base) else None,
+                                  timeout=60, what="gunicorn")
+        assert status == 200 and health["jobs"]["runner"] == "rq", health
+
+        photo = io.BytesIO()
+        Image.fromarray(data.astronaut()).save(photo, "JPEG", quality=85)
+        status, created = _post_file(base + "/api/v1/analyses", token, "astronaut.jpg", photo.getvalue())
+        assert status == 202 and created["status"] == "queued"
+
+        def finished():
+            _, body = _get_json(created["url"], token)
+            return body if body["status"] in ("done", "failed") else None
+
+        result = wait_for(finished, timeout=180, interval=0.5, what="the analysis over the API")
+        assert result["status"] == "done", result
+        assert result["verdict"] in ("real", "fake", "uncertain", "no_face") and result["model_version"]
+        _, health = _get_json(base + "/healthz")
+        assert health["jobs"]["workers"] == 2
+    except BaseException:
+        for process in processes:
+            print(f"--- {process.log_path.name}\n{process.output()[-3000:]}")
+        raise
+    finally:
+        for process in processes:
+            process.stop()
+        pg.drop()
+
+
+def _alive(base: str) -> bool:
+    try:
+        urllib.request.urlopen(base + "/healthz", timeout=2)
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False

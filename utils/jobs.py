@@ -536,7 +536,7 @@ class RQRunner:
             from rq import Worker
 
             state["backlog"] = self.queue().count
-            state["workers"] = Worker.count(connection=self.connection)
+            state["workers"] = Worker.count(queue=self.queue())
             state["redis"] = "ok"
         except Exception as exc:
             state["redis"] = f"unreachable ({exc.__class__.__name__})"
