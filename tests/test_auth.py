@@ -223,3 +223,45 @@ def test_tokens_create_command_prints_a_working_token(app, runner, user, client)
     secret = result.output.strip()
     response = client.get("/api/v1/analyses", headers={"Authorization": f"Bearer {secret}"})
     assert response.status_code == 200
+
+
+def test_sign_out_all_other_devices(app, client, auth, user):
+    from conftest import AuthActions
+
+    other_device = app.test_client()
+    AuthActions(other_device).login()
+    auth.login()
+    token = csrf_token_from(client.get("/account").get_data(as_text=True))
+    assert client.post("/account/sessions/end", data={"csrf_token": token}).status_code == 302
+    assert signed_in(client) and not signed_in(other_device)
+
+
+def test_delete_account_removes_analyses_files_and_tokens(app, client, auth, user, other_user, make_analysis):
+    from conftest import jpeg_bytes
+    from models import Analysis, ApiToken
+    from utils import storage
+
+    shared = jpeg_bytes(1)
+    mine_only = make_analysis(user, content=jpeg_bytes(2))
+    make_analysis(user, content=shared)
+    make_analysis(other_user, content=shared)
+    with app.app_context():
+        token, _ = ApiToken.issue(db.session.get(User, user), "t")
+        db.session.add(token)
+        db.session.commit()
+        own_file = storage.upload_path(db.session.get(Analysis, mine_only).stored_name)
+        shared_file = storage.upload_path(__import__("hashlib").sha256(shared).hexdigest())
+        derived = storage.derived_dir(mine_only)
+    derived.mkdir(parents=True)
+    auth.login()
+    token = csrf_token_from(client.get("/account").get_data(as_text=True))
+    wrong = client.post("/account/delete", data={"csrf_token": token, "password": "not it"})
+    assert wrong.status_code == 400 and own_file.exists()
+    response = client.post("/account/delete", data={"csrf_token": token, "password": PASSWORD})
+    assert response.status_code == 302
+    assert not own_file.exists() and not derived.exists() and shared_file.exists()
+    with app.app_context():
+        assert db.session.get(User, user) is None
+        assert db.session.scalars(db.select(Analysis.user_id)).all() == [other_user]
+        assert db.session.scalar(db.select(db.func.count(ApiToken.id))) == 0
+    assert not signed_in(client)

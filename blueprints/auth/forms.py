@@ -58,3 +58,8 @@ class ConfirmForm(FlaskForm):
     """A bare form for POST-only buttons (sign out, revoke, delete): it carries the CSRF token."""
 
     submit = SubmitField("Confirm")
+
+
+class DeleteAccountForm(FlaskForm):
+    password = PasswordField("Your password, to confirm", validators=[DataRequired(), Length(max=PASSWORD_MAX)])
+    submit = SubmitField("Delete my account and all my analyses")

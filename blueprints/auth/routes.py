@@ -7,9 +7,11 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_login import current_user, login_required, login_user, logout_user
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from blueprints.auth.forms import ChangePasswordForm, ConfirmForm, LoginForm, RegisterForm, TokenForm
+from blueprints.auth.forms import (ChangePasswordForm, ConfirmForm, DeleteAccountForm, LoginForm, RegisterForm,
+                                   TokenForm)
 from extensions import db, limiter, login_manager
 from models import ApiToken, User, utcnow
+from utils import storage
 
 bp = Blueprint("auth", __name__)
 
@@ -118,7 +120,7 @@ def logout():
     return redirect(url_for("main.index"))
 
 
-def _account_page(password_form=None, token_form=None, new_secret=None, status=200):
+def _account_page(password_form=None, token_form=None, delete_form=None, new_secret=None, status=200):
     tokens = db.session.scalars(
         db.select(ApiToken).filter_by(user_id=current_user.id).order_by(ApiToken.created_at.desc())
     ).all()
@@ -127,6 +129,7 @@ def _account_page(password_form=None, token_form=None, new_secret=None, status=2
         password_form=password_form or ChangePasswordForm(formdata=None),
         token_form=token_form or TokenForm(formdata=None),
         confirm_form=ConfirmForm(formdata=None),
+        delete_form=delete_form or DeleteAccountForm(formdata=None),
         tokens=tokens,
         new_secret=new_secret,
     ), status
@@ -182,3 +185,41 @@ def revoke_token(token_id: int):
         db.session.commit()
         flash(f"Token “{token.name}” revoked.", "info")
     return redirect(url_for("auth.account"))
+
+
+@bp.route("/account/sessions/end", methods=["POST"])
+@login_required
+def end_other_sessions():
+    """Sign out every other browser and device (e.g. after using a shared computer)."""
+    form = ConfirmForm()
+    if form.validate_on_submit():
+        user = current_user._get_current_object()
+        user.session_version += 1
+        db.session.commit()
+        _start_session(user)
+        flash("Every other session has been signed out.", "success")
+    return redirect(url_for("auth.account"))
+
+
+@bp.route("/account/delete", methods=["POST"])
+@login_required
+@limiter.limit(_limit("RATELIMIT_SIGNIN"))
+def delete_account():
+    """The account, its tokens and analyses (rows, derived images, uploaded files no one else uses)."""
+    form = DeleteAccountForm()
+    if form.validate_on_submit():
+        user = current_user._get_current_object()
+        if not user.check_password(form.password.data):
+            form.password.errors.append("The password is not correct.")
+        else:
+            files = [(a.id, a.stored_name) for a in user.analyses]
+            db.session.delete(user)
+            db.session.commit()
+            for analysis_id, stored_name in files:
+                storage.delete_derived(analysis_id)
+                storage.delete_upload_if_unused(stored_name)
+            logout_user()
+            session.clear()
+            flash("Your account, its analyses and their files were deleted.", "info")
+            return redirect(url_for("main.index"))
+    return _account_page(delete_form=form, status=400)
