@@ -103,13 +103,10 @@ def _model_state() -> dict:
 def _jobs_state() -> dict:
     from utils import jobs
 
-    describe = getattr(jobs, "queue_state", None)
-    state = {}
-    if describe is not None:
-        try:
-            state.update(describe())
-        except Exception as exc:
-            state.update(ok=False, error=exc.__class__.__name__)
+    try:
+        state = dict(jobs.queue_state())
+    except Exception as exc:
+        state = {"ok": False, "error": exc.__class__.__name__}
     try:
         counts = dict(
             db.session.execute(
