@@ -44,19 +44,30 @@ def upload():
 
 
 def _accept_files(files):
-    accepted = []
+    """Accept each file on its own; say what happened to each in a few lines (flashes live in the
+    session cookie, so many files are summed up rather than listed)."""
+    accepted, new, duplicate, refused = [], [], [], []
     for file_storage in files:
-        name = display_name(file_storage.filename)[:80]  # flashed messages live in the cookie
+        name = display_name(file_storage.filename)[:60]
         try:
             outcome = accept_upload(current_user._get_current_object(), file_storage)
         except UploadRejected as exc:
-            flash(f"“{name}” was not accepted: {exc}", "error")
+            refused.append((name, str(exc)))
             continue
         accepted.append(outcome.analysis)
-        if outcome.duplicate:
-            flash(f"“{name}” was already analysed; here is the earlier analysis.", "info")
-        else:
-            flash(f"“{name}” uploaded and queued for analysis.", "success")
+        (duplicate if outcome.duplicate else new).append(name)
+    for name, reason in refused[:3]:
+        flash(f"“{name}” was not accepted: {reason}", "error")
+    if len(refused) > 3:
+        flash(f"{len(refused) - 3} more files were not accepted.", "error")
+    if len(new) == 1:
+        flash(f"“{new[0]}” uploaded and queued for analysis.", "success")
+    elif new:
+        flash(f"{len(new)} files uploaded and queued for analysis.", "success")
+    if len(duplicate) == 1:
+        flash(f"“{duplicate[0]}” was already analysed; here is the earlier analysis.", "info")
+    elif duplicate:
+        flash(f"{len(duplicate)} files were already analysed; they are in your history.", "info")
     if len(accepted) == 1:
         return redirect(url_for("upload.result", analysis_id=accepted[0].id))
     if not accepted:
