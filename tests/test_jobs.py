@@ -181,6 +181,17 @@ def test_restarted_app_picks_up_queued_work_on_its_first_request(make):
         assert wait_status(after, analysis_id, ("done", "failed"), timeout=20).status == "done"
 
 
+def test_idle_runner_adopts_a_queued_row_whose_hand_over_was_lost(make):
+    from models import utcnow
+
+    app = make(JOB_RUNNER="thread", JOB_LEASE_SECONDS=1, JOB_SWEEP_SECONDS=0.3)
+    [lost] = add_queued(app, add_user(app), created_at=utcnow() - timedelta(minutes=1))
+
+    app.extensions["jobs"].start(recover_on_start=False)  # started by something else, no start-up sweep
+
+    assert wait_status(app, lost, ("done", "failed"), timeout=10).status == "done"
+
+
 def test_no_background_work_starts_unless_asked(make):
     app = make(JOB_RUNNER="thread")  # tests, `flask db ...` and other commands: JOB_RECOVER_ON_START off
     [analysis_id] = add_queued(app, add_user(app))

@@ -352,9 +352,11 @@ def sweep_expired_leases(app: Flask) -> Recovery:
     return found
 
 
-def queued_ids() -> list[int]:
-    return list(db.session.scalars(
-        select(Analysis.id).where(Analysis.status == "queued").order_by(Analysis.id)))
+def queued_ids(older_than_s: float = 0.0) -> list[int]:
+    stmt = select(Analysis.id).where(Analysis.status == "queued").order_by(Analysis.id)
+    if older_than_s:
+        stmt = stmt.where(Analysis.created_at < utcnow() - timedelta(seconds=older_than_s))
+    return list(db.session.scalars(stmt))
 
 
 def recover(app: Flask | None = None, *, include_queued: bool = True) -> Recovery:
@@ -457,6 +459,16 @@ class ThreadRunner:
         return {"runner": "thread", "ok": True, "threads": int(self.app.config["JOB_WORKERS"]),
                 "started": self.started, "backlog": self._queue.unfinished_tasks if self.started else 0}
 
+    def _adopt_old_queued(self) -> None:
+        """With nothing left to do here, take rows that have waited longer than a lease: their
+        hand-over was lost (the database was down when a thread tried to claim them, or the
+        process that had them died). Taking another process's backlog is harmless: claims are
+        compare-and-set."""
+        with self.app.app_context():
+            waiting = queued_ids(older_than_s=float(self.app.config["JOB_LEASE_SECONDS"]))
+        for analysis_id in waiting:
+            self._queue.put(analysis_id)
+
     def wait_idle(self, timeout: float) -> bool:
         """True once every submitted job has finished (tests and graceful shutdown use it)."""
         deadline = time.monotonic() + timeout
@@ -495,6 +507,8 @@ class ThreadRunner:
             if not first or recover_on_start:
                 try:
                     recover(self.app, include_queued=first)
+                    if not first and self._queue.unfinished_tasks == 0:
+                        self._adopt_old_queued()
                 except Exception:
                     log.exception("job recovery sweep failed; will retry")
             first = False
