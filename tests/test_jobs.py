@@ -44,6 +44,7 @@ def make(store, tmp_path):
         runner = app.extensions["jobs"]
         if isinstance(runner, ThreadRunner) and runner.started:
             runner.wait_idle(timeout=15)
+        if hasattr(runner, "stop") and runner.started:
             runner.stop()
         with app.app_context():
             db.engine.dispose()

@@ -65,6 +65,8 @@ def rq_setup(store, tmp_path):
     for process in processes:
         process.stop()
     for app in apps:
+        if app.extensions["jobs"].started:
+            app.extensions["jobs"].stop()
         with app.app_context():
             db.engine.dispose()
     connection = Redis.from_url(url)
@@ -216,6 +218,22 @@ def test_starting_worker_picks_up_queued_rows_whose_jobs_were_lost(rq_setup):
 
     assert [(r.status, r.attempts) for r in finished] == [("done", 1), ("done", 1)]
     assert finished[0].job_id != "analysis-0-gone"
+
+
+def test_web_process_puts_a_dead_workers_job_back_in_the_queue_even_with_no_worker_up(rq_setup):
+    from models import utcnow
+
+    app = rq_setup.app(JOB_RECOVER_ON_START=True)
+    long_ago = utcnow() - timedelta(minutes=5)
+    [orphan] = add_queued(app, add_user(app), status="running", attempts=1, job_id="analysis-x-dead",
+                          started_at=long_ago, heartbeat_at=long_ago)
+
+    app.test_client().get("/healthz")  # a web process starts serving
+    requeued = wait_for(lambda: (r := row(app, orphan)).status == "queued" and r.job_id != "analysis-x-dead"
+                        and r, timeout=10, what="the row to be queued again")
+
+    assert rq_job(rq_setup, requeued.job_id).get_status() == "queued"  # waiting for any worker
+    assert requeued.attempts == 1
 
 
 def test_upload_is_kept_queued_when_redis_is_down(store, tmp_path):

@@ -125,8 +125,8 @@ def enqueue(analysis_id: int) -> None:
 
 
 def start(app: Flask) -> None:
-    """Start background work now (gunicorn's post_worker_init calls this): the pool, recovery of
-    work left by a dead process, and the periodic lease sweep."""
+    """Start background work now (gunicorn's post_worker_init calls this): recovery of work left
+    by a dead process, the periodic lease sweep and, in-process, the pool."""
     app.extensions["jobs"].start(recover_on_start=True)
 
 
@@ -520,14 +520,44 @@ class RQRunner:
     """Hands jobs to RQ workers (`flask --app app worker`) through Redis. The row keeps the RQ
     job id; a worker runs a job only while the row still names that id."""
 
-    started = True
-
     def __init__(self, app: Flask):
         self.app = app
         self._connection = None
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._stopping = threading.Event()
+
+    @property
+    def started(self) -> bool:
+        return self._pid == os.getpid()
 
     def start(self, recover_on_start: bool = False) -> None:
-        """The web side starts nothing: recovery and sweeps run in the workers."""
+        """A sweeper thread (no job runs here): web processes sweep too, so a dead worker's row
+        goes back to the queue even while no worker is up, and uploads that found Redis down are
+        sent once it is back. Workers start the same sweeper (run_worker)."""
+        with self._lock:
+            if self.started:
+                return
+            self._pid = os.getpid()
+            self._stopping.clear()
+            threading.Thread(target=self._sweep_forever, args=(recover_on_start,), name="job-sweeper",
+                             daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._pid = None
+
+    def _sweep_forever(self, recover_on_start: bool) -> None:
+        first = True
+        while True:
+            if recover_on_start or not first:
+                try:
+                    recover(self.app)
+                except Exception:
+                    log.exception("job recovery sweep failed; will retry")
+            first = False
+            if self._stopping.wait(float(self.app.config["JOB_SWEEP_SECONDS"])):
+                return
 
     @property
     def connection(self):
@@ -695,19 +725,9 @@ def run_worker(app: Flask, *, queue_names: list[str] | None = None, burst: bool 
     names = queue_names or [app.config["JOB_QUEUE"]]
     queues = [Queue(n, connection=runner.connection) for n in names]
     recover(app)
-    stop = threading.Event()
-
-    def sweep_forever():
-        while not stop.wait(float(app.config["JOB_SWEEP_SECONDS"])):
-            try:
-                recover(app)
-            except Exception:
-                log.exception("job recovery sweep failed; will retry")
-
-    sweeper = threading.Thread(target=sweep_forever, name="job-sweeper", daemon=True)
-    sweeper.start()
+    runner.start(recover_on_start=False)
     worker = SimpleWorker(queues, connection=runner.connection, name=name)
     try:
         return worker.work(burst=burst, logging_level="INFO")
     finally:
-        stop.set()
+        runner.stop()
