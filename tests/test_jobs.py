@@ -327,3 +327,33 @@ def test_an_upload_reaches_done_with_the_real_model(make, tmp_path, runner):
     assert done.status == "done", done.error
     assert done.verdict in ("real", "fake", "uncertain", "no_face")
     assert done.model_version and done.attempts == 1
+
+
+def test_sqlite_web_and_runner_write_at_once_without_database_is_locked(make, store, monkeypatch, caplog):
+    """WAL + busy timeout (app.py): job threads, their heartbeats and page polls all write or read
+    the one SQLite file at the same time."""
+    if store.engine != "sqlite":
+        pytest.skip("SQLite locking only")
+    from sqlalchemy import text
+
+    from extensions import db
+
+    monkeypatch.setattr(job_targets, "STEP_S", 0.03)  # 12 jobs x 6 steps on 3 threads: ~0.8 s of writes
+    app = make(JOB_RUNNER="thread", JOB_WORKERS=3, JOB_HEARTBEAT_SECONDS=0.05)
+    with app.app_context():
+        assert db.session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    user_id = add_user(app)
+    ids = add_queued(app, user_id, n=12)
+    client = app.test_client()
+    _login(client, app, user_id)
+
+    for analysis_id in ids:
+        enqueue(app, analysis_id)
+    polls = 0
+    while not app.extensions["jobs"].wait_idle(timeout=0.01):
+        assert client.get(f"/analyses/{ids[polls % len(ids)]}/status").status_code == 200
+        polls += 1
+
+    assert polls >= 5
+    assert [row(app, i).status for i in ids] == ["done"] * 12
+    assert "database is locked" not in caplog.text
