@@ -448,6 +448,12 @@ def _faces_in(rgb: np.ndarray, input_size: int, whole_image: bool) -> list[Face]
             for box, score in find_faces(rgb)]
 
 
+def faces_in_frame(rgb: np.ndarray, input_size: int) -> list[Face]:
+    """Faces with model-ready crops in one decoded RGB frame that never was a file (the live camera):
+    the same finding and cropping as extract_faces()."""
+    return _faces_in(rgb, input_size, whole_image=False)
+
+
 def extract_faces(path: str | Path, *, input_size: int, frames: int = 32, limits: MediaLimits | None = None,
                   whole_image: bool = False, progress: Progress = _no_progress) -> Media:
     """Decode a file and return its sampled frames with the faces found in each (crops ready for
