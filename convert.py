@@ -199,12 +199,18 @@ def probe_video(capture: cv2.VideoCapture, limits: MediaLimits) -> VideoInfo:
     height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
     frame_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    if width <= 0 or height <= 0 or frame_count <= 0:
+    if width <= 0 or height <= 0:
         raise CorruptMedia("The video has no readable frames.")
     if width * height > limits.video_max_pixels:
         raise MediaTooLarge(
             f"The video is {width}x{height}; the limit is {limits.video_max_pixels / 1e6:.1f} megapixels per frame."
         )
+    if frame_count <= 0:  # some streams (e.g. WebM) do not say: count them, within the limit
+        while frame_count <= limits.video_max_frames and capture.grab():
+            frame_count += 1
+        capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        if frame_count == 0:
+            raise CorruptMedia("The video has no readable frames.")
     if not (0.5 <= fps <= 1000):
         fps = 25.0  # container without a usable rate: assume a common one for timestamps
     duration = frame_count / fps

@@ -156,3 +156,25 @@ def test_train_then_evaluate_smoke(tmp_path, app):
     assert "32 images" in result.output
     assert (tmp_path / "eval" / "roc.png").stat().st_size > 1000
     assert (tmp_path / "eval" / "confusion.png").stat().st_size > 1000
+
+
+def test_evaluate_scores_videos_through_the_pipeline(tmp_path, app):
+    import cv2
+    from skimage import data as skdata
+
+    from tests.test_model import make_tiny_model
+
+    model_path = make_tiny_model(tmp_path / "model")
+    face = cv2.cvtColor(cv2.resize(skdata.astronaut(), (192, 192)), cv2.COLOR_RGB2BGR)
+    for label in ("real", "fake"):
+        (tmp_path / "videos" / label).mkdir(parents=True)
+        writer = cv2.VideoWriter(str(tmp_path / "videos" / label / "clip.mp4"),
+                                 cv2.VideoWriter_fourcc(*"mp4v"), 10, (192, 192))
+        for _ in range(12):
+            writer.write(face if label == "real" else cv2.GaussianBlur(face, (0, 0), 2))
+        writer.release()
+    result = app.test_cli_runner().invoke(args=["evaluate", "--data", str(tmp_path / "videos"),
+                                                "--model", str(model_path), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert "2 videos" in result.output and "face_auc_blending_head" in result.output
+    assert (tmp_path / "eval" / "roc.png").exists()

@@ -18,6 +18,7 @@ import numpy as np
 import convert
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm"}
 LABELS = {"real": 0, "fake": 1}
 
 
@@ -73,6 +74,18 @@ def discover_samples(data_dir: str | Path) -> list[Sample]:
     if not samples:
         raise FileNotFoundError(f"{root} has no real/ or fake/ images (or Train/Validation/Test layout)")
     return samples
+
+
+def discover_videos(data_dir: str | Path) -> list[tuple[str, int]]:
+    """(path, label) for videos under DIR/real and DIR/fake (empty when there are none)."""
+    root = Path(data_dir)
+    found = []
+    for label_name, label in LABELS.items():
+        sub = _child(root, label_name)
+        for path in sorted(sub.rglob("*")) if sub else []:
+            if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+                found.append((str(path), label))
+    return found
 
 
 def assign_split(samples: list[Sample], validation_fraction: float = 0.15, seed: int = 0) -> list[str]:

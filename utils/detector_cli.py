@@ -135,8 +135,9 @@ def register(app: Flask) -> None:
             raise click.ClickException(str(exc))
         c = result["confusion"]
         auc = "n/a" if result["roc_auc"] is None else f"{result['roc_auc']:.4f}"
+        unit = "videos" if "videos" in result else "images"
         click.echo(f"model {result['model_version']}, threshold {result['threshold']:.3f}, "
-                   f"{result['n']} images ({split})")
+                   f"{result['n']} {unit} ({result['split']})")
         click.echo(f"accuracy  {result['accuracy']:.4f}")
         click.echo(f"precision {result['precision']:.4f}")
         click.echo(f"recall    {result['recall']:.4f}")
@@ -144,6 +145,9 @@ def register(app: Flask) -> None:
         click.echo(f"roc_auc   {auc}")
         click.echo("confusion matrix (rows actual, columns predicted):")
         click.echo(f"            real   fake\n  real  {c['tn']:>7} {c['fp']:>6}\n  fake  {c['fn']:>7} {c['tp']:>6}")
+        for key in sorted(k for k in result if k.startswith("face_auc_")):
+            value = result[key]
+            click.echo(f"{key} {'n/a' if value is None else f'{value:.4f}'} (over every face found)")
         click.echo(f"wrote {result['roc_png']} and {result['confusion_png']}")
 
 

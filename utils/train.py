@@ -474,15 +474,14 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
 def evaluate(data_dir: str, model_path: str | Path, out_dir: str | Path, *, cache_dir: str | Path = "data/cache",
              split: str = "all", log=print) -> dict:
     """Score the images of DIR (cropped as in training) and write ROC + confusion-matrix PNGs.
-    split="validation" keeps only what the model's training run held out (same seed and groups)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    split="validation" keeps only what the model's training run held out (same seed and groups).
+    A DIR whose real/ and fake/ hold videos is scored per video through the production pipeline."""
     from utils.model import get_detector
 
     detector = get_detector(model_path)
+    videos = dataset.discover_videos(data_dir)
+    if videos:
+        return _evaluate_videos(videos, detector, Path(out_dir), data_dir, log)
     samples = dataset.discover_samples(data_dir)
     packed = dataset.pack_samples(samples, detector.input_size, cache_dir, workers=min(2, os.cpu_count() or 1))
     labels = np.asarray(packed["labels"], int)
@@ -501,9 +500,48 @@ def evaluate(data_dir: str, model_path: str | Path, out_dir: str | Path, *, cach
     result["model_version"] = detector.version
     result["split"] = split
     result["unreadable_files"] = len(samples) - len(packed["labels"])
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return _write_plots(result, labels, scores, Path(out_dir), data_dir, detector.threshold)
 
+
+def _evaluate_videos(videos: list[tuple[str, int]], detector, out_dir: Path, data_dir: str, log) -> dict:
+    """Videos in real/ and fake/: each goes through the production pipeline (32 frames, faces,
+    aggregation); metrics are per video, plus each head's ROC-AUC over all the faces found."""
+    from utils.analysis import inspect_media
+
+    labels, scores, face_labels, face_logits, per_video = [], [], [], [], []
+    for path, label in videos:
+        report = inspect_media(path, detector=detector, frames=32)
+        crops = np.stack([f.crop for f in report.faces]) if report.faces else None
+        if crops is not None:
+            face_logits.append(detector.logits(crops))
+            face_labels.extend([label] * len(crops))
+        score = report.verdict.score
+        per_video.append({"path": str(path), "label": label, "verdict": report.verdict.verdict,
+                          "score": None if score is None else round(float(score), 4), "faces": len(report.faces)})
+        log(f"  {Path(path).name}: {report.verdict.verdict} {score if score is None else round(score, 3)}")
+        if score is not None:
+            labels.append(label)
+            scores.append(score)
+    labels, scores = np.asarray(labels, int), np.asarray(scores)
+    result = classification_metrics(labels, scores, detector.threshold)
+    result.update(threshold=detector.threshold, model_version=detector.version, split="all",
+                  unreadable_files=0, videos=per_video)
+    if face_logits:
+        logits = np.concatenate(face_logits)
+        for h, head in enumerate(detector.head_names):
+            result[f"face_auc_{head}_head"] = roc_auc(np.asarray(face_labels), logits[:, h])
+        result["face_auc_fused"] = roc_auc(np.asarray(face_labels), detector.fusion.probability(logits))
+    return _write_plots(result, labels, scores, out_dir, data_dir, detector.threshold)
+
+
+def _write_plots(result: dict, labels: np.ndarray, scores: np.ndarray, out_dir: Path, data_dir: str,
+                 threshold: float) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
     fpr, tpr = roc_curve(labels, scores)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(fpr, tpr, label=f"AUC {result['roc_auc']}")
@@ -521,7 +559,7 @@ def evaluate(data_dir: str, model_path: str | Path, out_dir: str | Path, *, cach
     for (i, j), v in np.ndenumerate(grid):
         ax.text(j, i, str(v), ha="center", va="center", color="black" if v < grid.max() / 2 else "white")
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["real", "fake"], yticklabels=["real", "fake"],
-           xlabel="predicted", ylabel="actual", title=f"threshold {detector.threshold:.2f}")
+           xlabel="predicted", ylabel="actual", title=f"threshold {threshold:.2f}")
     fig.tight_layout()
     fig.savefig(out_dir / "confusion.png", dpi=110)
     plt.close(fig)
