@@ -43,6 +43,8 @@ def accept_upload(user: User, file_storage) -> UploadOutcome:
     stored = storage.save_upload(file_storage.stream)
     existing = _existing(user.id, stored.sha256)
     if existing is not None:
+        if existing.stored_name is None:  # its media was purged (retention): the new copy is no one's
+            storage.delete_upload_if_unused(stored.stored_name)
         return UploadOutcome(existing, duplicate=True)  # the file is the existing analysis's: keep it
     try:
         if stored.size_bytes == 0:
