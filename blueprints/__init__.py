@@ -29,7 +29,9 @@ def register_all(app: Flask) -> None:
     app.register_blueprint(main_bp)
     app.register_blueprint(auth_bp)
     app.register_blueprint(upload_bp)
+    from blueprints.live.routes import bp as live_bp; app.register_blueprint(live_bp)  # issue 7
     app.register_blueprint(history_bp)
     app.register_blueprint(admin_bp, url_prefix="/admin")
     app.register_blueprint(api_bp, url_prefix="/api/v1")
+    from blueprints.evidence.routes import bp as evidence_bp; app.register_blueprint(evidence_bp)  # reports, timeline, /model, game
     csrf.exempt(api_bp)  # token-only: the API never reads the session cookie
