@@ -137,7 +137,22 @@ ACCESS: dict[tuple[str, str], Case] = {
     ("api.get_analysis", "GET"): Case("/api/v1/analyses/{analysis}", API_OWN, api=True),
     ("api.create_analysis", "POST"): Case("/api/v1/analyses", {"anonymous": 401, "A": 202, "B": 202, "admin": 202},
                                           data=_api_upload_data, api=True),
+    # Live camera (issue 7): JSON endpoints answer 401 rather than redirect; a session id that is not
+    # the caller's own (here: none exists) is unknown to them.
+    ("live.page", "GET"): Case("/live", ANY_SIGNED_IN),
+    ("live.start", "POST"): Case("/live/sessions", {"anonymous": 401, "A": 201, "B": 201, "admin": 201}, data=dict),
+    ("live.frame", "POST"): Case("/live/sessions/nosuch/frames", {"anonymous": 401, "A": 404, "B": 404, "admin": 404},
+                                 data=dict),
+    ("live.save", "POST"): Case("/live/sessions/nosuch/save", {"anonymous": 401, "A": 404, "B": 404, "admin": 404},
+                                data=dict, unchanged=lambda w, app: _analysis_count(app) == 2),
+    ("live.discard", "POST"): Case("/live/sessions/nosuch/discard",
+                                   {"anonymous": 401, "A": 404, "B": 404, "admin": 404}, data=dict),
 }
+
+
+def _analysis_count(app) -> int:
+    with app.app_context():
+        return db.session.scalar(db.select(db.func.count(Analysis.id)))
 
 
 def route_keys(app) -> set[tuple[str, str]]:
