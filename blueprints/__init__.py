@@ -33,4 +33,5 @@ def register_all(app: Flask) -> None:
     app.register_blueprint(history_bp)
     app.register_blueprint(admin_bp, url_prefix="/admin")
     app.register_blueprint(api_bp, url_prefix="/api/v1")
+    from blueprints.evidence.routes import bp as evidence_bp; app.register_blueprint(evidence_bp)  # reports, timeline, /model, game
     csrf.exempt(api_bp)  # token-only: the API never reads the session cookie

@@ -1,0 +1,346 @@
+"""Evidence pages through the test client: report (HTML + JSON), timeline SVG, result-page additions,
+the public model page, the game, and `flask export-reviewed`."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from extensions import db
+from models import Analysis, FaceResult, Review
+from tests.conftest import csrf_token_from
+from utils.timeline import TimelinePoint, render_timeline
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_CARD = ROOT / "utils" / "weights" / "model_card.json"
+
+
+def write_jpeg(path: Path, colour=(200, 120, 90), size=128) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size, 3), colour, np.uint8)).save(path, "JPEG")
+
+
+@pytest.fixture
+def evidence(app, make_analysis):
+    """evidence(user_id, faces=[(x,y,w,h,score,frame_index)], review=(decision, usable), **fields) ->
+    analysis id, with a face crop and a heatmap JPEG written for every face."""
+
+    def make(user_id: int, *, faces=((100, 80, 120, 120, 0.8, 0),), review=None, reviewer_id=None, **fields):
+        analysis_id = make_analysis(user_id, **fields)
+        from utils import storage
+
+        with app.app_context():
+            analysis = db.session.get(Analysis, analysis_id)
+            for n, (x, y, w, h, score, frame_index) in enumerate(faces):
+                crop, heat = f"face-{n:03d}.jpg", f"heat-{n:03d}.jpg"
+                write_jpeg(storage.derived_path(analysis_id, crop), colour=(40 + n, 120, 90))
+                write_jpeg(storage.derived_path(analysis_id, heat), colour=(255, 0, n))
+                analysis.faces.append(FaceResult(x=x, y=y, w=w, h=h, score=score, frame_index=frame_index,
+                                                 crop_name=crop, heatmap_name=heat))
+            analysis.faces_found = len(analysis.faces)
+            if review is not None:
+                decision, usable = review
+                analysis.review = Review(decision=decision, usable_for_game=usable, note="Checked the source.",
+                                         reviewer_id=reviewer_id)
+            db.session.commit()
+        return analysis_id
+
+    return make
+
+
+VIDEO_FRAMES = [(0, 0.0, 1, 0.2), (10, 0.5, 1, 0.7), (20, 1.0, 0, None), (30, 1.5, 1, 0.9), (40, 2.0, 1, 0.3)]
+
+
+def video_fields():
+    return dict(kind="video", verdict="fake", score=0.9, duration_s=2.0, frames_sampled=5, frames_with_faces=4,
+                frames=VIDEO_FRAMES, original_name="clip.mp4")
+
+
+# --------------------------------------------------------------------------- timeline (pure)
+
+def test_timeline_marks_threshold_band_points_and_faceless_frames():
+    points = [TimelinePoint(i, t, n, s) for i, t, n, s in VIDEO_FRAMES]
+    svg = render_timeline(points, threshold=0.5, band=(0.4, 0.6), link_for=lambda i: f"/r?frame={i}#faces",
+                          duration_s=2.0)
+    assert svg.count("<circle") == 4  # one per frame with a face
+    assert svg.count('class="timeline-point point-no-face"') == 1
+    assert 'href="/r?frame=20#faces"' in svg and "Frame 20 at 1.0 s: no face found" in svg
+    # Threshold at 50 %: halfway down the plot area (top 16, height 240 - 16 - 40).
+    threshold_line = re.search(r'class="timeline-threshold"[^>]*y1="([\d.]+)"', svg)
+    assert float(threshold_line.group(1)) == pytest.approx(16 + 184 * 0.5, abs=0.1)
+    # The faceless frame breaks the line into two runs: (0, 10) and (30, 40).
+    assert svg.count("<polyline") == 2
+    assert "point-fake" in svg and "point-real" in svg
+    band = re.search(r'class="timeline-band" x="\d+" y="([\d.]+)" width="\d+" height="([\d.]+)"', svg)
+    assert float(band.group(2)) == pytest.approx(184 * 0.2, abs=0.2)
+
+
+def test_timeline_escapes_links_and_classifies_like_the_verdict():
+    svg = render_timeline([TimelinePoint(1, 0.0, 1, 0.55)], threshold=0.5, band=(0.45, 0.6),
+                          link_for=lambda i: '/x?a=1&b="<i>"', standalone=True)
+    assert '&amp;b=&quot;&lt;i&gt;&quot;' in svg and '"<i>"' not in svg
+    assert "point-uncertain" in svg and 'xmlns="http://www.w3.org/2000/svg"' in svg
+
+
+# --------------------------------------------------------------------------- report
+
+def test_report_shows_everything_and_escapes_the_file_name(client, auth, user, admin_user, evidence):
+    analysis_id = evidence(user, original_name='<img src=x onerror=alert(1)>.jpg', review=("fake", False),
+                           reviewer_id=admin_user, score=0.8, verdict="fake")
+    auth.login()
+    page = client.get(f"/analyses/{analysis_id}/report")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "<img src=x onerror" not in html and "&lt;img src=x onerror=alert(1)&gt;.jpg" in html
+    with client.application.app_context():
+        sha = db.session.get(Analysis, analysis_id).sha256
+    assert sha in html and "test-1" in html  # SHA-256 and model version
+    assert "Confirmed fake" in html and "Checked the source." in html
+    assert f"/analyses/{analysis_id}/files/heat-000.jpg" in html
+    assert "regions that drove the score" in html.lower()
+    assert "evidence.css" in html and page.headers["Cache-Control"] == "private, no-store"
+
+
+def test_report_json_matches_the_row(client, auth, user, evidence):
+    analysis_id = evidence(user, faces=[(10, 20, 30, 40, 0.7, 10), (50, 60, 70, 80, 0.95, 30)],
+                           **video_fields())
+    auth.login()
+    data = client.get(f"/analyses/{analysis_id}/report.json").get_json()
+    assert data["analysis_id"] == analysis_id and data["file_name"] == "clip.mp4"
+    assert data["verdict"] == "fake" and data["threshold"] == 0.5 and data["uncertain_band"] == [0.4, 0.6]
+    assert [f["score"] for f in data["faces"]] == [0.7, 0.95]
+    assert data["faces"][0]["box"] == [10, 20, 30, 40] and data["faces"][1]["time_s"] == 1.5
+    assert data["faces"][1]["heatmap_url"].endswith("/heat-001.jpg")
+    assert [f["score"] for f in data["frames"]] == [0.2, 0.7, None, 0.9, 0.3]
+    assert data["review"] is None and data["uploaded_at"].endswith("Z")
+    assert data["plain_explanation"].startswith("The model estimates a 90 % probability")
+
+
+@pytest.mark.parametrize("path", ["/analyses/{id}/report", "/analyses/{id}/report.json", "/analyses/{id}/timeline.svg"])
+def test_per_analysis_evidence_is_owner_or_admin_only(client, auth, user, other_user, admin_user, evidence, path):
+    analysis_id = evidence(user, **video_fields())
+    url = path.format(id=analysis_id)
+    assert client.get(url).status_code == 302  # sign in first
+    auth.login("other@example.com")
+    assert client.get(url).status_code == 404
+    assert client.get(path.format(id=analysis_id + 99)).status_code == 404
+    auth.logout()
+    auth.login("admin@example.com")
+    assert client.get(url).status_code == 200
+
+
+def test_timeline_svg_route(client, auth, user, evidence):
+    analysis_id = evidence(user, **video_fields())
+    auth.login()
+    response = client.get(f"/analyses/{analysis_id}/timeline.svg")
+    assert response.mimetype == "image/svg+xml"
+    svg = response.get_data(as_text=True)
+    assert svg.startswith("<svg xmlns=") and svg.count("<circle") == 4
+    assert f"/analyses/{analysis_id}?frame=30#faces" in svg
+
+
+# --------------------------------------------------------------------------- result page additions
+
+def test_video_result_page_has_timeline_explanation_and_report_links(client, auth, user, evidence):
+    analysis_id = evidence(user, faces=[(10, 20, 30, 40, 0.9, 30)], **video_fields())
+    auth.login()
+    html = client.get(f"/analyses/{analysis_id}").get_data(as_text=True)
+    assert 'class="timeline"' in html and html.count('class="timeline-point') == 5
+    assert "What this means" in html and "above its threshold of 50 %" in html
+    assert "Between 40&nbsp;% and 60&nbsp;% the model answers “uncertain”" in html
+    assert f"/analyses/{analysis_id}/report" in html and f"/analyses/{analysis_id}/report.json" in html
+    # 30 px faces are small: the page says so for this result.
+    assert "smaller than 64 pixels" in html
+    # A point's link opens that frame: the faces section then shows frame 30.
+    framed = client.get(f"/analyses/{analysis_id}?frame=30").get_data(as_text=True)
+    assert "Frame at 1.5 s" in framed
+
+
+def test_image_result_has_no_timeline_and_labels_heatmaps_honestly(client, auth, user, evidence):
+    analysis_id = evidence(user, faces=[(100, 80, 120, 120, 0.55, 0)], verdict="uncertain", score=0.55)
+    auth.login()
+    html = client.get(f"/analyses/{analysis_id}").get_data(as_text=True)
+    assert 'class="timeline"' not in html
+    assert "lies in the uncertain band" in html
+    assert "Regions that drove the score for face 1" in html and "not “the fake part”" in html
+
+
+def test_no_face_result_explains_why_there_is_no_verdict(client, auth, user, make_analysis):
+    analysis_id = make_analysis(user, verdict="no_face", score=None)
+    auth.login()
+    html = client.get(f"/analyses/{analysis_id}").get_data(as_text=True)
+    assert "No face was found, so there is no verdict" in html
+
+
+# --------------------------------------------------------------------------- model page
+
+@pytest.fixture
+def weights(app, tmp_path):
+    """A MODEL_PATH in tmp with the shipped card copied next to it (the model file is not needed)."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    shutil.copyfile(SHIPPED_CARD, folder / "model_card.json")
+    app.config["MODEL_PATH"] = str(folder / "detector.keras")
+    return folder
+
+
+def test_model_page_shows_the_card_and_says_when_charts_are_missing(client, weights):
+    card = json.loads((weights / "model_card.json").read_text())
+    html = client.get("/model").get_data(as_text=True)  # public: no sign-in
+    assert card["version"] in html
+    for entry in card.get("data", []):
+        assert entry["source"] in html
+    for source in card.get("validation_metrics", {}):
+        assert f'<th scope="row">{source}</th>' in html
+    assert "No ROC curve image yet" in html and "No confusion matrix image yet" in html
+    assert "Known limits" in html and "No reviewed uploads were used" in html
+    assert client.get("/model/roc.png").status_code == 404
+
+
+def test_model_page_serves_the_evaluation_images(client, weights):
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 20), (10, 20, 30)).save(buffer, "PNG")
+    (weights / "roc.png").write_bytes(buffer.getvalue())
+    (weights / "confusion.png").write_bytes(buffer.getvalue())
+    html = client.get("/model").get_data(as_text=True)
+    assert 'src="/model/roc.png"' in html and 'src="/model/confusion.png"' in html and "image yet" not in html
+    response = client.get("/model/confusion.png")
+    assert response.status_code == 200 and response.data == buffer.getvalue()
+
+
+def test_model_page_tolerates_a_sparse_card_and_records_reviewed_data(client, weights):
+    (weights / "model_card.json").write_text(json.dumps({
+        "version": "v-sparse", "validation_metrics": {"all": {"roc_auc": 0.91, "n": 10}},
+        "reviewed_data": {"exported_at": "2026-11-25T12:00:00Z", "faces": {"real": 3, "fake": 4}, "analyses": 5},
+        "known_limits": ["Never tested on cartoons."]}))
+    html = client.get("/model").get_data(as_text=True)
+    assert "v-sparse" in html and "0.910" in html and "Never tested on cartoons." in html
+    assert "3 real and 4 fake faces" in html and "from 5 analyses" in html
+    assert "close to chance" not in html
+
+
+def test_model_page_without_a_card(client, app, tmp_path):
+    app.config["MODEL_PATH"] = str(tmp_path / "nowhere" / "detector.keras")
+    response = client.get("/model")
+    assert response.status_code == 200 and "model card is not available" in response.get_data(as_text=True)
+
+
+def test_weak_model_is_called_weak(client, auth, user, weights, evidence):
+    (weights / "model_card.json").write_text(json.dumps({"validation_metrics": {"all": {"fused_roc_auc": 0.52}}}))
+    assert "close to chance" in client.get("/model").get_data(as_text=True)
+    analysis_id = evidence(user)
+    auth.login()
+    assert "close to chance on its validation data (ROC-AUC 0.52)" in client.get(
+        f"/analyses/{analysis_id}").get_data(as_text=True)
+
+
+# --------------------------------------------------------------------------- game
+
+def test_game_empty_state(client, auth, user, evidence):
+    evidence(user, review=("fake", False))  # decided but not released for the game
+    evidence(user, review=("cannot_tell", True))  # released, but no truth to score against
+    auth.login()
+    html = client.get("/game").get_data(as_text=True)
+    assert "No faces to play with yet" in html and "<form method=\"post\" action=\"/game\"" not in html
+
+
+def game_face_id(html: str) -> int:
+    return int(re.search(r'name="face_id" type="hidden" value="(\d+)"', html).group(1))
+
+
+@pytest.mark.csrf
+def test_game_round_reveals_model_and_truth_and_keeps_score(client, auth, user, evidence):
+    evidence(user, faces=[(0, 0, 100, 100, 0.2, 0)], review=("fake", True), score=0.2, verdict="real")
+    auth.login()
+    html = client.get("/game").get_data(as_text=True)
+    face_id = game_face_id(html)
+    image = client.get(f"/game/faces/{face_id}/crop.jpg")
+    assert image.status_code == 200 and image.mimetype == "image/jpeg"
+    form = {"face_id": face_id, "fake": "Fake", "csrf_token": csrf_token_from(html)}
+    assert client.post("/game", data={k: v for k, v in form.items() if k != "csrf_token"}).status_code == 400
+    response = client.post("/game", data=form)
+    assert response.headers["Location"].endswith("/game/reveal")
+    reveal = client.get("/game/reveal").get_data(as_text=True)
+    assert re.search(r"You said</dt><dd><strong>Fake</strong> — <span[^>]*>right", reveal)
+    assert re.search(r"The model said</dt><dd><strong>Real</strong> \(fake probability 20 %", reveal)
+    assert "<strong>Fake</strong>, as decided by a human reviewer" in reveal
+    assert "You: <strong>1</strong> of 1" in reveal and "The model: <strong>0</strong> of 1" in reveal
+    # The same form again (replay) counts for nothing.
+    client.post("/game", data=form)
+    assert "You: <strong>1</strong> of 1" in client.get("/game").get_data(as_text=True)
+
+
+def test_game_guess_for_a_face_not_dealt_is_not_scored(client, auth, user, evidence, app):
+    evidence(user, review=("real", True))
+    hidden = evidence(user, review=("fake", False))
+    with app.app_context():
+        hidden_face = db.session.scalar(db.select(FaceResult.id).filter_by(analysis_id=hidden))
+    auth.login()
+    client.get("/game")
+    client.post("/game", data={"face_id": hidden_face, "real": "Real"})
+    assert "No rounds played yet" in client.get("/game").get_data(as_text=True)
+    assert client.get(f"/game/faces/{hidden_face}/crop.jpg").status_code == 404
+
+
+def test_game_reset_and_sign_in(client, auth, user, evidence):
+    assert client.get("/game").status_code == 302
+    evidence(user, faces=[(0, 0, 100, 100, 0.9, 0)], review=("fake", True))
+    auth.login()
+    face_id = game_face_id(client.get("/game").get_data(as_text=True))
+    client.post("/game", data={"face_id": face_id, "real": "Real"})
+    assert "You: <strong>0</strong> of 1" in client.get("/game/reveal").get_data(as_text=True)
+    client.post("/game/reset", data={})
+    assert "No rounds played yet" in client.get("/game").get_data(as_text=True)
+
+
+# --------------------------------------------------------------------------- export-reviewed
+
+def test_export_reviewed_writes_a_training_folder(app, runner, user, other_user, evidence, tmp_path):
+    from utils.dataset import discover_samples
+
+    fake_id = evidence(user, faces=[(0, 0, 90, 90, 0.9, 0), (100, 0, 90, 90, 0.8, 0)], review=("fake", False),
+                       sha256="a" * 64)
+    evidence(user, review=("real", True), sha256="b" * 64)
+    evidence(other_user, review=("real", True), sha256="b" * 64)  # same file, another owner: exported once
+    evidence(user, review=("cannot_tell", True), sha256="c" * 64)
+    evidence(user, sha256="d" * 64)  # not reviewed
+    out = tmp_path / "reviewed"
+    result = runner.invoke(args=["export-reviewed", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "wrote 1 real and 2 fake face crops from 2 reviewed analyses" in result.output
+    assert sorted(p.name for p in (out / "fake").iterdir()) == ["aaaaaaaaaaaaaaaa-000.jpg", "aaaaaaaaaaaaaaaa-001.jpg"]
+    assert [p.name for p in (out / "real").iterdir()] == ["bbbbbbbbbbbbbbbb-000.jpg"]
+    with app.app_context():
+        from utils import storage
+        assert (out / "fake" / "aaaaaaaaaaaaaaaa-000.jpg").read_bytes() == storage.derived_path(
+            fake_id, "face-000.jpg").read_bytes()
+    manifest = json.loads((out / "reviewed.json").read_text())
+    assert manifest["faces"] == {"real": 1, "fake": 2} and manifest["analyses"] == 2
+    assert manifest["duplicates_skipped"] == 1 and manifest["source"] == "reviewed"
+    with open(out / "groups.csv", newline="") as fh:
+        groups = {row["file"]: row["group"] for row in csv.DictReader(fh)}
+    assert groups["fake/aaaaaaaaaaaaaaaa-001.jpg"] == groups["fake/aaaaaaaaaaaaaaaa-000.jpg"]
+    # `flask train --data DIR` reads it: labels from the folders, groups from groups.csv.
+    samples = discover_samples(out)
+    assert sorted((Path(s.path).parent.name, s.label) for s in samples) == [("fake", 1), ("fake", 1), ("real", 0)]
+    assert len({s.group for s in samples if s.label == 1}) == 1
+    # Running again replaces the earlier export.
+    assert runner.invoke(args=["export-reviewed", str(out)]).exit_code == 0
+    assert len(list((out / "fake").iterdir())) == 2
+
+
+def test_export_reviewed_refuses_an_unrelated_folder_and_says_when_empty(runner, tmp_path, user):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "thesis.txt").write_text("keep me")
+    result = runner.invoke(args=["export-reviewed", str(busy)])
+    assert result.exit_code != 0 and "not empty" in result.output and (busy / "thesis.txt").exists()
+    result = runner.invoke(args=["export-reviewed", str(tmp_path / "fresh")])
+    assert result.exit_code == 0 and "Nothing to export yet" in result.output
