@@ -114,9 +114,15 @@ def register():
 def logout():
     form = ConfirmForm()
     if form.validate_on_submit():
+        if current_user.is_authenticated:
+            # Sessions live in signed cookies: only a new version makes a copied cookie useless.
+            # This also ends the account's sessions on other devices.
+            user = current_user._get_current_object()
+            user.session_version += 1
+            db.session.commit()
         logout_user()
         session.clear()
-        flash("Signed out.", "info")
+        flash("Signed out, here and on your other devices.", "info")
     return redirect(url_for("main.index"))
 
 

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import sys
+import time
 import zipfile
 from pathlib import Path
 
-from flask import Blueprint, current_app, g, jsonify, render_template, request
+from flask import Blueprint, current_app, g, jsonify, make_response, render_template, request
 from flask_login import current_user
 from sqlalchemy import func, text
 from sqlalchemy.exc import OperationalError
@@ -167,10 +168,23 @@ def http_error(exc: HTTPException):
     elif code == 429:
         message = (f"Too many requests: the limit is {exc.description}. Wait a little, then try again."
                    if exc.description else None)
-    response, status = render_error(code, message)
-    if code == 429 and getattr(exc, "retry_after", None):
-        response.headers["Retry-After"] = str(exc.retry_after)
-    return response, status
+    response = make_response(render_error(code, message))
+    if code == 429:
+        response.headers["Retry-After"] = str(_retry_after_seconds())
+    return response
+
+
+def _retry_after_seconds() -> int:
+    """Seconds until the limit that refused this request lets the client in again."""
+    from extensions import limiter
+
+    try:
+        current = limiter.current_limit
+    except Exception:  # limiter state unavailable (storage down): a safe guess
+        current = None
+    if current is None:
+        return 60
+    return max(1, int(current.reset_at - time.time()) + 1)
 
 
 @bp.app_errorhandler(OperationalError)
