@@ -100,5 +100,6 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(tokens_cli)
     from utils.jobs_cli import register; register(app)
     from utils.detector_cli import register; register(app)
+    from utils.live_cli import register; register(app)
     from utils.review_export import register; register(app)
     from utils.retention import register; register(app)

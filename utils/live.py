@@ -258,9 +258,11 @@ class LiveSession:
             for times in (self.scored_times, self.dropped_times):
                 while times and times[0] < now - span:
                     times.popleft()
-            seconds = max(1.0, min(span, now - self.started))
-            return Rates(len(self.scored_times) / seconds, len(self.dropped_times) / seconds,
-                         self.scored, self.dropped)
+            scored = self.scored_times
+            # n frames one interval apart span n - 1 intervals: measure from the oldest frame kept.
+            scored_fps = (len(scored) - 1) / (now - scored[0]) if len(scored) >= 2 and now > scored[0] else 0.0
+            dropped_fps = len(self.dropped_times) / max(1.0, min(span, now - self.started))
+            return Rates(scored_fps, dropped_fps, self.scored, self.dropped)
 
     # -- saving
     def key_frame_seqs(self) -> set[int]:
