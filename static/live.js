@@ -68,14 +68,20 @@
     ctx.clearRect(0, 0, overlay.width, overlay.height);
     var colours = { fake: "#c0392b", real: "#1e8449", uncertain: "#b9770e" };
     ctx.lineWidth = Math.max(2, answer.width / 160);
-    ctx.font = Math.round(answer.height / 18) + "px sans-serif";
+    var size = Math.max(12, Math.round(answer.height / 16));
+    ctx.font = "bold " + size + "px sans-serif";
+    ctx.textBaseline = "top";
     answer.faces.forEach(function (face, i) {
       var colour = colours[classFor(face.score)];
       var b = face.box;
+      var label = "#" + (i + 1) + " " + percent(face.score);
+      var labelY = b[1] >= size + 6 ? b[1] - size - 6 : b[1] + b[3];
       ctx.strokeStyle = colour;
       ctx.strokeRect(b[0], b[1], b[2], b[3]);
-      ctx.fillStyle = colour;
-      ctx.fillText("#" + (i + 1) + " " + percent(face.score), b[0], Math.max(b[1] - 4, answer.height / 18));
+      ctx.fillStyle = colour;  // a solid tab so the label reads on any picture
+      ctx.fillRect(b[0], labelY, ctx.measureText(label).width + 8, size + 6);
+      ctx.fillStyle = "#fff";
+      ctx.fillText(label, b[0] + 4, labelY + 3);
     });
   }
 
