@@ -123,6 +123,18 @@ def test_report_json_matches_the_row(client, auth, user, evidence):
     assert data["plain_explanation"].startswith("The model estimates a 90 % probability")
 
 
+def test_report_of_an_unfinished_or_failed_analysis_says_so(client, auth, user, make_analysis):
+    running = make_analysis(user, status="running", verdict=None, score=None, stage="finding faces")
+    failed = make_analysis(user, status="failed", verdict=None, score=None, error="The video has no frames.")
+    auth.login()
+    assert "this report is not final" in client.get(f"/analyses/{running}/report").get_data(as_text=True)
+    assert "The analysis failed: The video has no frames." in client.get(
+        f"/analyses/{failed}/report").get_data(as_text=True)
+    data = client.get(f"/analyses/{failed}/report.json").get_json()
+    assert data["status"] == "failed" and data["verdict"] is None and data["error"] == "The video has no frames."
+    assert data["plain_explanation"] == "" and data["faces"] == []
+
+
 @pytest.mark.parametrize("path", ["/analyses/{id}/report", "/analyses/{id}/report.json", "/analyses/{id}/timeline.svg"])
 def test_per_analysis_evidence_is_owner_or_admin_only(client, auth, user, other_user, admin_user, evidence, path):
     analysis_id = evidence(user, **video_fields())

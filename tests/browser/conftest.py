@@ -112,18 +112,24 @@ def browser(live_server):
 
 @pytest.fixture
 def new_page(browser, live_server):
-    """new_page() -> a page in its own browser context (own cookies), base URL set."""
-    contexts = []
+    """new_page() -> a page in its own browser context (own cookies), base URL set. Fails the test
+    if any page broke the Content Security Policy (inline script or style) or threw a script error."""
+    contexts, problems = [], []
 
     def make():
         context = browser.new_context(base_url=live_server, viewport={"width": 1100, "height": 900})
         context.set_default_timeout(20_000)
         contexts.append(context)
-        return context.new_page()
+        page = context.new_page()
+        page.on("console", lambda m: problems.append(f"{page.url}: {m.text}")
+                if m.type == "error" and "Content Security Policy" in m.text else None)
+        page.on("pageerror", lambda exc: problems.append(f"{page.url}: {exc}"))
+        return page
 
     yield make
     for context in contexts:
         context.close()
+    assert not problems, "\n".join(problems)
 
 
 # --------------------------------------------------------------------------- media made here

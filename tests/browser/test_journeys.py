@@ -132,7 +132,8 @@ def test_image_journey_from_upload_to_review_decision_and_game(new_page, media):
     assert "Actually real" in owner.locator("#report-review").inner_text()
 
     # The game: the reviewed face is dealt; the player answers; model and truth are revealed.
-    owner.goto("/game")
+    owner.get_by_role("link", name="Can you beat the model?").click()
+    owner.wait_for_url("**/game")
     face = owner.get_by_role("img", name="A face to judge")
     assert owner.evaluate("(img) => img.complete && img.naturalWidth > 0", face.element_handle())
     check_accessibility(owner)
@@ -210,7 +211,9 @@ def test_upload_form_by_keyboard_alone(new_page, media):
 
 def test_model_page_in_the_browser(new_page):
     page = new_page()
-    page.goto("/model")
+    page.goto("/")
+    page.get_by_role("link", name="About the model").click()
+    page.wait_for_url("**/model")
     assert page.get_by_role("heading", name="The model behind the verdicts").is_visible()
     assert page.locator("#model-limits li").count() >= 3
     check_accessibility(page)
