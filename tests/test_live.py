@@ -365,3 +365,115 @@ def test_long_session_keeps_thumbnails_for_key_frames_including_the_worst(app, c
         with_thumb = [f for f in frames if f.thumb_name]
         assert len(with_thumb) == 4
         assert any(f.index == 4 for f in with_thumb)  # the only scored frame opens the result page
+
+
+# --------------------------------------------------------------------------- several web processes (Redis)
+
+@pytest.fixture
+def shared_redis():
+    """A key prefix on the test Redis nobody else uses; its keys are deleted afterwards. Skips when
+    Redis is unreachable (fails under REQUIRE_SERVICES=1)."""
+    import uuid
+
+    from redis import Redis
+
+    from tests.jobs_support import redis_url
+
+    url = redis_url()
+    prefix = f"test-live-{uuid.uuid4().hex[:10]}:"
+    yield url, prefix
+    connection = Redis.from_url(url)
+    keys = connection.keys(prefix + "*")
+    if keys:
+        connection.delete(*keys)
+
+
+@pytest.fixture
+def two_processes(app, user, shared_redis):
+    """Two app instances on one database and one Redis, as two gunicorn workers are: a signed-in
+    client for each."""
+    from app import create_app
+    from utils.live import make_store
+
+    url, prefix = shared_redis
+    live = {"LIVE_STORE": "redis", "REDIS_URL": url, "LIVE_REDIS_PREFIX": prefix}
+    app.config.update(live)
+    app.extensions["live"] = make_store(app.config)
+    keys = ("TESTING", "SECRET_KEY", "SQLALCHEMY_DATABASE_URI", "UPLOAD_FOLDER", "DERIVED_FOLDER",
+            "WTF_CSRF_ENABLED", "RATELIMIT_ENABLED", "RATELIMIT_STORAGE_URI", "JOB_RUNNER")
+    other = create_app({**{k: app.config[k] for k in keys}, **live})
+    clients = []
+    for instance in (app, other):
+        client = instance.test_client()
+        with client.session_transaction() as session:
+            session["_user_id"] = f"{user}:1"
+            session["_fresh"] = True
+        clients.append(client)
+    yield clients
+    with other.app_context():
+        db.engine.dispose()
+
+
+def test_a_session_is_shared_by_every_process_through_redis(app, two_processes, shared_redis, face_jpeg,
+                                                          blank_jpeg):
+    from redis import Redis
+
+    first, second = two_processes
+    session = start_session(first)
+    answers = [send(client, session, body).get_json()
+               for client, body in ((first, face_jpeg), (second, face_jpeg), (first, blank_jpeg), (second, face_jpeg))]
+    assert [a["seq"] for a in answers] == [0, 1, 2, 3]
+    assert answers[-1]["rolling"]["frames"] == 4 and answers[-1]["rolling"]["frames_with_faces"] == 3
+    assert answers[-1]["rates"]["scored"] == 4
+    url, prefix = shared_redis
+    connection = Redis.from_url(url)
+    assert 0 < connection.ttl(f"{prefix}{session['id']}:meta") <= 300  # forgotten when idle
+    with app.app_context():
+        assert db.session.scalar(db.select(db.func.count(Analysis.id))) == 0
+    assert files_under(app.config["DERIVED_FOLDER"]) == []
+
+    saved = second.post(session["save_url"])
+    assert saved.status_code == 201
+    assert first.post(session["save_url"]).get_json()["analysis_id"] == saved.get_json()["analysis_id"]
+    with app.app_context():
+        analysis = db.session.get(Analysis, saved.get_json()["analysis_id"])
+        assert analysis.kind == "live" and analysis.frames_sampled == 4 and analysis.frames_with_faces == 3
+        assert all(f.thumb_name for f in analysis.frames)
+        assert sum(1 for f in analysis.faces if f.crop_name) == 3
+
+    assert first.post(session["discard_url"]).status_code == 204
+    assert send(second, session, face_jpeg).status_code == 404
+    assert connection.keys(f"{prefix}{session['id']}*") == []
+
+
+def test_back_pressure_holds_across_processes(two_processes, face_jpeg, monkeypatch):
+    first, second = two_processes
+    session = start_session(first)
+    entered, release = _hold_scoring(monkeypatch)
+    results = {}
+    worker = threading.Thread(target=lambda: results.setdefault("first", send(first, session, face_jpeg)))
+    worker.start()
+    assert entered.wait(60)
+    dropped = send(second, session, face_jpeg)
+    release.set()
+    worker.join(60)
+    assert dropped.status_code == 409 and dropped.get_json()["dropped"] is True
+    assert results["first"].status_code == 200
+    rates = send(second, session, face_jpeg).get_json()["rates"]
+    assert rates["scored"] == 2 and rates["dropped"] == 1
+
+
+def test_redis_session_keeps_only_the_most_recent_frames(app, two_processes, shared_redis, face_jpeg):
+    from redis import Redis
+
+    app.config["LIVE_MAX_SESSION_FRAMES"] = 3
+    first, _ = two_processes
+    session = start_session(first)
+    for _ in range(5):
+        assert send(first, session, face_jpeg).status_code == 200
+    url, prefix = shared_redis
+    connection = Redis.from_url(url)
+    key = f"{prefix}{session['id']}"
+    assert connection.llen(key + ":frames") == 3
+    assert sorted(int(k) for k in connection.hkeys(key + ":img")) == [2, 3, 4]
+    assert sorted(k.decode() for k in connection.hkeys(key + ":crop")) == ["2:0", "3:0", "4:0"]

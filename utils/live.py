@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import threading
 import time
 import uuid
@@ -228,10 +229,18 @@ class LiveSession:
             self.last_seen = now
             return frame
 
+    def kept_frames(self) -> list[LiveFrame]:
+        """The frames a save would hold, oldest first (pictures may be left out: see with_images)."""
+        with self._state:
+            return list(self.frames)
+
+    def with_images(self, frames: list[LiveFrame], seqs: set[int]) -> list[LiveFrame]:
+        """The frames with their kept JPEGs filled in for seqs (already there in memory)."""
+        return frames
+
     def window(self) -> list[LiveFrame]:
         """Frames of the last window_seconds (by session time of the newest frame)."""
-        with self._state:
-            frames = list(self.frames)
+        frames = self.kept_frames()
         if not frames:
             return []
         since = frames[-1].time_s - self.settings.window_seconds
@@ -265,10 +274,9 @@ class LiveSession:
             return Rates(scored_fps, dropped_fps, self.scored, self.dropped)
 
     # -- saving
-    def key_frame_seqs(self) -> set[int]:
+    def key_frame_seqs(self, frames: list[LiveFrame]) -> set[int]:
         """Which frames keep a thumbnail when saved: evenly spread, plus the most suspicious ones
         (the result page opens on the highest-scoring frame, so it must have its picture)."""
-        frames = list(self.frames)
         n = self.settings.key_frames
         if len(frames) <= n:
             return {f.seq for f in frames}
@@ -280,12 +288,13 @@ class LiveSession:
 
     def report(self, detector) -> MediaReport:
         """The whole kept session as a MediaReport (kind video for the rules; the row says live)."""
-        frames = list(self.frames)
+        frames = self.kept_frames()
         if not frames:
             raise FrameRejected("Nothing to save yet: no frame of this session has been scored.", 409, "empty_session")
         verdict = aggregate_frames(frames, detector)
         persons = convert.assign_persons(_as_convert_frames(frames))
-        keep = self.key_frame_seqs()
+        keep = self.key_frame_seqs(frames)
+        frames = self.with_images(frames, keep)
         scored_faces, scored_frames, k = [], [], 0
         for frame in frames:
             with_image = frame.seq in keep
@@ -310,10 +319,6 @@ class LiveSession:
     def fingerprint(self) -> str:
         """Stands in for the file hash on the Analysis row (unique per user): one row per session."""
         return hashlib.sha256(f"live-session:{self.id}".encode()).hexdigest()
-
-
-class SessionLimit(Exception):
-    """The user already has as many live sessions as allowed; str(exc) says what to do."""
 
 
 class LiveStore:
@@ -377,6 +382,199 @@ class LiveStore:
                 self._in_flight[user_id] = left
             else:
                 self._in_flight.pop(user_id, None)
+
+
+class RedisLiveSession(LiveSession):
+    """A session whose frames and counters live in Redis, so every web process sees the same one
+    (gunicorn's workers do not share memory). Keys expire idle_seconds after the last frame;
+    pictures stay in Redis memory, never on disk, until a save."""
+
+    LOCK_SECONDS = 60  # a process that dies mid-frame frees the session's scoring slot after this
+    SUFFIXES = (":meta", ":frames", ":img", ":crop", ":scored_t", ":dropped_t")
+
+    def __init__(self, redis, key: str, session_id: str, user_id: int, started: float, settings: LiveSettings):
+        self.redis, self.key, self.id, self.user_id = redis, key, session_id, user_id
+        self.started, self.settings = started, settings
+        self.clock = time.time  # shared by every process, unlike monotonic clocks
+
+    def _touch(self, pipe) -> None:
+        ttl = max(1, int(self.settings.idle_seconds))
+        for suffix in self.SUFFIXES:
+            pipe.expire(self.key + suffix, ttl)
+
+    @property
+    def saved_analysis_id(self) -> int | None:
+        value = self.redis.hget(self.key + ":meta", "saved")
+        return int(value) if value else None
+
+    @saved_analysis_id.setter
+    def saved_analysis_id(self, value: int) -> None:
+        self.redis.hset(self.key + ":meta", "saved", value)
+
+    def try_begin_scoring(self) -> bool:
+        return bool(self.redis.set(self.key + ":lock", 1, nx=True, ex=self.LOCK_SECONDS))
+
+    def end_scoring(self) -> None:
+        self.redis.delete(self.key + ":lock")
+
+    def note_dropped(self) -> None:
+        now = self.clock()
+        pipe = self.redis.pipeline()
+        pipe.hincrby(self.key + ":meta", "dropped", 1)
+        pipe.zadd(self.key + ":dropped_t", {uuid.uuid4().hex: now})
+        self._touch(pipe)
+        pipe.execute()
+
+    def add_frame(self, width: int, height: int, faces: list[LiveFace], image_jpeg: bytes | None,
+                  time_s: float | None = None) -> LiveFrame:
+        now = self.clock()
+        seq = self.redis.hincrby(self.key + ":meta", "next_seq", 1) - 1
+        frame = LiveFrame(seq=seq, time_s=round(now - self.started if time_s is None else time_s, 3),
+                          width=width, height=height, faces=faces, image_jpeg=image_jpeg)
+        record = {"seq": seq, "time_s": frame.time_s, "width": width, "height": height,
+                  "faces": [{"box": list(f.box), "score": f.score} for f in faces]}
+        pipe = self.redis.pipeline()
+        pipe.rpush(self.key + ":frames", json.dumps(record))
+        if image_jpeg:
+            pipe.hset(self.key + ":img", str(seq), image_jpeg)
+        for i, face in enumerate(faces):
+            if face.crop_jpeg:
+                pipe.hset(self.key + ":crop", f"{seq}:{i}", face.crop_jpeg)
+        pipe.hincrby(self.key + ":meta", "scored", 1)
+        pipe.zadd(self.key + ":scored_t", {str(seq): now})
+        pipe.llen(self.key + ":frames")
+        self._touch(pipe)
+        length = pipe.execute()[-1 - len(self.SUFFIXES)]
+        excess = length - self.settings.max_frames
+        if excess > 0:  # keep the most recent max_frames, with their pictures
+            for raw in self.redis.lpop(self.key + ":frames", excess) or []:
+                old = json.loads(raw)
+                self.redis.hdel(self.key + ":img", str(old["seq"]))
+                if old["faces"]:
+                    self.redis.hdel(self.key + ":crop", *[f"{old['seq']}:{i}" for i in range(len(old["faces"]))])
+        return frame
+
+    def kept_frames(self) -> list[LiveFrame]:
+        frames = []
+        for raw in self.redis.lrange(self.key + ":frames", 0, -1):
+            r = json.loads(raw)
+            frames.append(LiveFrame(seq=r["seq"], time_s=r["time_s"], width=r["width"], height=r["height"],
+                                    faces=[LiveFace(box=tuple(f["box"]), score=f["score"]) for f in r["faces"]]))
+        return frames
+
+    def with_images(self, frames: list[LiveFrame], seqs: set[int]) -> list[LiveFrame]:
+        for frame in frames:
+            if frame.seq not in seqs:
+                continue
+            frame.image_jpeg = self.redis.hget(self.key + ":img", str(frame.seq))
+            if frame.faces:
+                crops = self.redis.hmget(self.key + ":crop", [f"{frame.seq}:{i}" for i in range(len(frame.faces))])
+                for face, crop in zip(frame.faces, crops):
+                    face.crop_jpeg = crop
+        return frames
+
+    @property
+    def frames(self) -> list[LiveFrame]:
+        return self.kept_frames()
+
+    def rates(self) -> Rates:
+        now = self.clock()
+        span = self.settings.rate_window_seconds
+        pipe = self.redis.pipeline()
+        for suffix in (":scored_t", ":dropped_t"):
+            pipe.zremrangebyscore(self.key + suffix, "-inf", now - span)
+        pipe.zrange(self.key + ":scored_t", 0, 0, withscores=True)
+        pipe.zcard(self.key + ":scored_t")
+        pipe.zcard(self.key + ":dropped_t")
+        pipe.hmget(self.key + ":meta", ["scored", "dropped"])
+        _, _, oldest, recent, dropped_recent, (scored, dropped) = pipe.execute()
+        scored_fps = (recent - 1) / (now - oldest[0][1]) if recent >= 2 and now > oldest[0][1] else 0.0
+        dropped_fps = dropped_recent / max(1.0, min(span, now - self.started))
+        return Rates(scored_fps, dropped_fps, int(scored or 0), int(dropped or 0))
+
+
+class RedisLiveStore:
+    """LiveStore's contract on Redis: sessions and per-user in-flight counts shared by all processes."""
+
+    IN_FLIGHT_SECONDS = 120  # a count left by a process that died mid-frame lapses after this
+
+    def __init__(self, url: str, prefix: str = "live:"):
+        from redis import Redis
+
+        self.redis = Redis.from_url(url)
+        self.prefix = prefix
+
+    def _user_key(self, user_id: int) -> str:
+        return f"{self.prefix}user:{user_id}"
+
+    def _session(self, session_id: str, meta: dict, settings: LiveSettings) -> RedisLiveSession:
+        return RedisLiveSession(self.redis, self.prefix + session_id, session_id, int(meta[b"user_id"]),
+                                float(meta[b"started"]), settings)
+
+    def _delete(self, session_id: str) -> None:
+        key = self.prefix + session_id
+        self.redis.delete(*[key + suffix for suffix in RedisLiveSession.SUFFIXES], key + ":lock")
+
+    def create(self, user_id: int, settings: LiveSettings) -> RedisLiveSession:
+        now = time.time()
+        user_key = self._user_key(user_id)
+        # Forget this user's sessions that expired, then make room by replacing the oldest.
+        for sid in self.redis.zrange(user_key, 0, -1):
+            if not self.redis.exists(self.prefix + sid.decode() + ":meta"):
+                self.redis.zrem(user_key, sid)
+        while self.redis.zcard(user_key) >= settings.max_sessions_per_user:
+            oldest = self.redis.zpopmin(user_key)[0][0].decode()
+            self._delete(oldest)
+        session_id = uuid.uuid4().hex
+        key = self.prefix + session_id
+        pipe = self.redis.pipeline()
+        pipe.hset(key + ":meta", mapping={"user_id": user_id, "started": repr(now), "settings": json.dumps(
+            {"window_seconds": settings.window_seconds, "max_frames": settings.max_frames,
+             "key_frames": settings.key_frames, "idle_seconds": settings.idle_seconds})})
+        pipe.expire(key + ":meta", max(1, int(settings.idle_seconds)))
+        pipe.zadd(user_key, {session_id: now})
+        pipe.expire(user_key, max(1, int(settings.idle_seconds)) * 4)
+        pipe.execute()
+        return RedisLiveSession(self.redis, key, session_id, user_id, now, settings)
+
+    def get(self, session_id: str, user_id: int, settings: LiveSettings | None = None) -> RedisLiveSession | None:
+        if not session_id.isalnum() or len(session_id) > 64:
+            return None
+        meta = self.redis.hgetall(self.prefix + session_id + ":meta")
+        if not meta or int(meta[b"user_id"]) != user_id:
+            return None
+        return self._session(session_id, meta, settings or LiveSettings(**json.loads(meta[b"settings"])))
+
+    def discard(self, session_id: str, user_id: int) -> bool:
+        if self.get(session_id, user_id) is None:
+            return False
+        self._delete(session_id)
+        self.redis.zrem(self._user_key(user_id), session_id)
+        return True
+
+    def try_begin_user(self, user_id: int, limit: int) -> bool:
+        key = self._user_key(user_id) + ":in_flight"
+        pipe = self.redis.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, self.IN_FLIGHT_SECONDS)
+        count, _ = pipe.execute()
+        if count > limit:
+            self.redis.decr(key)
+            return False
+        return True
+
+    def end_user(self, user_id: int) -> None:
+        self.redis.decr(self._user_key(user_id) + ":in_flight")
+
+
+def make_store(config) -> LiveStore | RedisLiveStore:
+    """Redis when the app has REDIS_URL (several web processes must see the same sessions; LIVE_STORE=memory
+    opts out), else this process's memory (one process: `flask run`, tests, a single gunicorn worker)."""
+    choice = str(config.get("LIVE_STORE", "auto")).lower()
+    url = config.get("REDIS_URL") or ""
+    if choice == "redis" or (choice == "auto" and url):
+        return RedisLiveStore(url, prefix=config.get("LIVE_REDIS_PREFIX", "live:"))
+    return LiveStore()
 
 
 def save_session(session: LiveSession, user, detector, name: str):

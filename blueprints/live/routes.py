@@ -15,11 +15,14 @@ from flask_wtf.csrf import CSRFError
 
 from extensions import limiter
 from models import utcnow
-from utils.live import FrameRejected, LiveSettings, LiveStore, decode_frame, save_session, score_frame
+from utils.live import (FrameRejected, LiveSettings, LiveStore, RedisLiveStore, decode_frame, make_store,
+                        save_session, score_frame)
 
 bp = Blueprint("live", __name__)
 
 # Each may be overridden by the environment variable of the same name (or the app's config).
+# Unsaved sessions live in this process's memory, or in Redis when REDIS_URL is set (LIVE_STORE=auto),
+# so that every web process (gunicorn worker) sees the same session.
 LIVE_DEFAULTS = {
     "LIVE_FRAME_INTERVAL_MS": 1000,  # the page sends a frame this often
     "LIVE_FRAME_MAX_SIDE": 480,  # ... downscaled in the browser to this longest side
@@ -32,6 +35,8 @@ LIVE_DEFAULTS = {
     "LIVE_MAX_SESSION_FRAMES": 300,  # what a save can hold (the most recent frames)
     "LIVE_KEY_FRAMES": 32,  # thumbnails written by a save
     "RATELIMIT_LIVE": "90 per minute",  # frames per user
+    "LIVE_STORE": "auto",  # unsaved sessions in Redis when REDIS_URL is set (shared by all processes), else memory
+    "LIVE_REDIS_PREFIX": "live:",
 }
 
 
@@ -41,10 +46,10 @@ def _settings(state) -> None:
     for name, default in LIVE_DEFAULTS.items():
         value = os.environ.get(name)
         app.config.setdefault(name, default if value is None else type(default)(value))
-    app.extensions["live"] = LiveStore()
+    app.extensions["live"] = make_store(app.config)
 
 
-def _store() -> LiveStore:
+def _store() -> LiveStore | RedisLiveStore:
     return current_app.extensions["live"]
 
 
