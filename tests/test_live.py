@@ -477,3 +477,14 @@ def test_redis_session_keeps_only_the_most_recent_frames(app, two_processes, sha
     assert connection.llen(key + ":frames") == 3
     assert sorted(int(k) for k in connection.hkeys(key + ":img")) == [2, 3, 4]
     assert sorted(k.decode() for k in connection.hkeys(key + ":crop")) == ["2:0", "3:0", "4:0"]
+
+
+def test_unreachable_redis_is_a_503_json_not_a_crash(app, client, user, auth):
+    from utils.live import make_store
+
+    app.config.update(LIVE_STORE="redis", REDIS_URL="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    app.extensions["live"] = make_store(app.config)
+    auth.login()
+    response = client.post("/live/sessions")
+    assert response.status_code == 503
+    assert response.get_json()["error"] == "store_unavailable"

@@ -12,6 +12,7 @@ from functools import wraps
 from flask import Blueprint, current_app, jsonify, render_template, request, url_for
 from flask_login import current_user, login_required
 from flask_wtf.csrf import CSRFError
+from redis.exceptions import RedisError
 
 from extensions import limiter
 from models import utcnow
@@ -88,6 +89,13 @@ def _too_many(exc):
     if getattr(exc, "retry_after", None):
         response.headers["Retry-After"] = str(exc.retry_after)
     return response
+
+
+@bp.errorhandler(RedisError)
+def _store_unavailable(exc):
+    current_app.logger.error("live: session store unavailable: %s", exc)
+    return _error(503, "store_unavailable", "Live sessions are unavailable right now (their store cannot be "
+                                            "reached). Please try again in a moment.")
 
 
 @bp.errorhandler(413)
