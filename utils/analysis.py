@@ -99,9 +99,19 @@ def inspect_media(
     whole_image: bool = False,
     with_heatmaps: bool = False,
     progress: Progress = _no_progress,
+    decode_limits=None,
 ) -> MediaReport:
-    """Decode, find faces, score them and aggregate. Raises convert.MediaError on bad media."""
-    media = convert.extract_faces(
+    """Decode, find faces, score them and aggregate. Raises convert.MediaError on bad media.
+    With decode_limits (utils.bounded_decode.DecodeLimits) decoding runs in a child process under
+    those time and memory limits: how uploads are analysed."""
+    extract = convert.extract_faces
+    if decode_limits is not None:
+        from functools import partial
+
+        from utils.bounded_decode import extract_faces_bounded
+
+        extract = partial(extract_faces_bounded, decode_limits=decode_limits)
+    media = extract(
         path,
         input_size=detector.input_size,
         frames=frames,
@@ -252,6 +262,7 @@ def analyse(analysis_id: int, progress: Progress | None = None) -> None:
     from extensions import db
     from models import Analysis, utcnow
     from utils import storage
+    from utils.bounded_decode import decode_limits_from_config
     from utils.model import ModelUnavailable, get_detector
 
     analysis = db.session.get(Analysis, analysis_id)
@@ -281,6 +292,7 @@ def analyse(analysis_id: int, progress: Progress | None = None) -> None:
             frames=config["VIDEO_FRAMES"],
             with_heatmaps=True,
             progress=report_progress,
+            decode_limits=decode_limits_from_config(config),
         )
         store_report(analysis, report)
         analysis.status = "done"
