@@ -357,3 +357,34 @@ def test_sqlite_web_and_runner_write_at_once_without_database_is_locked(make, st
     assert polls >= 5
     assert [row(app, i).status for i in ids] == ["done"] * 12
     assert "database is locked" not in caplog.text
+
+
+@pytest.mark.skipif(not MODEL_FILE.exists(), reason=f"no trained model at {MODEL_FILE} yet")
+def test_time_limit_stops_the_real_pipeline_at_its_first_progress_report(make, tmp_path):
+    """JobTimedOut must travel up through convert.py and analyse() untouched (it is not an
+    Exception), leaving a failed row with the reason and no half-stored results."""
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    from extensions import db
+    from models import Analysis
+    from utils import storage
+
+    app = make(JOB_RUNNER="sync", JOB_TARGET="utils.analysis:analyse", JOB_TIMEOUT=0,
+               MODEL_PATH=str(MODEL_FILE))
+    photo = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(photo, "JPEG")
+    photo.seek(0)
+    with app.app_context():
+        stored = storage.save_upload(photo)
+    [analysis_id] = add_queued(app, add_user(app), stored_name=stored.stored_name, sha256=stored.sha256)
+
+    enqueue(app, analysis_id)
+
+    failed = row(app, analysis_id)
+    assert failed.status == "failed" and "took longer than 0 s" in failed.error
+    with app.app_context():
+        stored_row = db.session.get(Analysis, analysis_id)
+        assert stored_row.verdict is None and not stored_row.faces and not stored_row.frames
