@@ -8,7 +8,8 @@ one web worker. Scenarios:
   1 session     one client, next frame as soon as the answer is back
   4 sessions    four clients (four users) at once, back to back
   4 paced       four clients sending one frame per second each, as the page does by default
-Usage: .venv/bin/python benchmarks/bench_live.py [--seconds 10]
+Usage: .venv/bin/python benchmarks/bench_live.py [--seconds 10] [--redis redis://127.0.0.1:6379/15]
+(--redis keeps the sessions in Redis, as several web processes need; its keys are deleted afterwards.)
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def frame_bytes() -> bytes:
     return buffer.getvalue()
 
 
-def make_app(folder: Path):
+def make_app(folder: Path, redis_url: str | None, prefix: str):
     from app import create_app
     from extensions import db
 
@@ -45,7 +46,7 @@ def make_app(folder: Path):
         "TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{folder / 'bench.db'}",
         "UPLOAD_FOLDER": str(folder / "uploads"), "DERIVED_FOLDER": str(folder / "derived"),
         "WTF_CSRF_ENABLED": False, "RATELIMIT_ENABLED": False, "JOB_RUNNER": "sync",
-        "LIVE_MAX_SESSION_FRAMES": 100_000,
+        **({"LIVE_STORE": "redis", "REDIS_URL": redis_url, "LIVE_REDIS_PREFIX": prefix} if redis_url else {}),
     })
     with app.app_context():
         db.create_all()
@@ -127,16 +128,19 @@ def run_sessions(clients, body: bytes, seconds: float, pace_s: float | None = No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each scenario")
+    parser.add_argument("--redis", default=None, help="keep sessions in this Redis instead of process memory")
     args = parser.parse_args()
+    prefix = f"bench-live-{os.getpid()}:"
 
     body = frame_bytes()
     with tempfile.TemporaryDirectory() as tmp:
-        app = make_app(Path(tmp))
+        app = make_app(Path(tmp), args.redis, prefix)
         clients = [signed_in_client(app, f"bench{i}@example.com") for i in range(4)]
         # Warm up: TensorFlow import, model load, graph tracing, face finder.
         run_sessions(clients[:1], body, 2.0)
         print(f"cores: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f} "
               f"(other processes share these cores; figures vary run to run)")
+        print(f"sessions kept in: {'Redis ' + args.redis if args.redis else 'process memory'}")
         print(f"frame: astronaut photo, {len(body) // 1024} kB JPEG, 480x480, one face; {args.seconds:g} s per scenario")
         base = baseline(app, body, args.seconds)
         print(f"baseline (direct call, no HTTP)   {base:6.1f} frames/s")
@@ -152,6 +156,13 @@ def main() -> None:
               f"per session {paced['per_session_fps']}  latency p50 {paced['p50_ms']:.0f} ms, "
               f"p95 {paced['p95_ms']:.0f} ms, dropped {paced['dropped']}")
         print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if args.redis:
+        from redis import Redis
+
+        connection = Redis.from_url(args.redis)
+        keys = connection.keys(prefix + "*")
+        if keys:
+            connection.delete(*keys)
 
 
 if __name__ == "__main__":

@@ -488,3 +488,19 @@ def test_unreachable_redis_is_a_503_json_not_a_crash(app, client, user, auth):
     response = client.post("/live/sessions")
     assert response.status_code == 503
     assert response.get_json()["error"] == "store_unavailable"
+
+
+def test_rolling_window_counts_every_frame_of_a_fast_sender():
+    """The window reads the newest frames first; a sender faster than that tail still gets them all."""
+    class FakeDetector:
+        threshold, uncertain_band = 0.5, (0.45, 0.55)
+
+    now = [0.0]
+    session = live_module.LiveSession(1, live_module.LiveSettings(window_seconds=10), clock=lambda: now[0])
+    for i in range(150):
+        now[0] = i * 0.05  # 20 frames a second for 7.5 s
+        session.add_frame(100, 100, [live_module.LiveFace(box=(10, 10, 40, 40), score=0.9)], None)
+    assert session.rolling_verdict(FakeDetector()).frames == 150
+    now[0] = 14.0
+    session.add_frame(100, 100, [], None)  # 14 s: frames before 4 s have left the window
+    assert session.rolling_verdict(FakeDetector()).frames == 150 - 81 + 1

@@ -234,16 +234,27 @@ class LiveSession:
         with self._state:
             return list(self.frames)
 
+    def recent_frames(self, n: int) -> list[LiveFrame]:
+        with self._state:
+            return list(self.frames)[-n:]
+
+    def kept_count(self) -> int:
+        return len(self.frames)
+
     def with_images(self, frames: list[LiveFrame], seqs: set[int]) -> list[LiveFrame]:
         """The frames with their kept JPEGs filled in for seqs (already there in memory)."""
         return frames
 
     def window(self) -> list[LiveFrame]:
-        """Frames of the last window_seconds (by session time of the newest frame)."""
-        frames = self.kept_frames()
+        """Frames of the last window_seconds (by session time of the newest frame). Reads the tail
+        first: at a frame a second that is all of them; only a faster sender needs more."""
+        tail = 64
+        frames = self.recent_frames(tail)
         if not frames:
             return []
         since = frames[-1].time_s - self.settings.window_seconds
+        if len(frames) == tail and frames[0].time_s > since:
+            frames = self.kept_frames()
         return [f for f in frames if f.time_s > since]
 
     def rolling_verdict(self, detector) -> RollingVerdict:
@@ -455,8 +466,12 @@ class RedisLiveSession(LiveSession):
         return frame
 
     def kept_frames(self) -> list[LiveFrame]:
+        return self.recent_frames(0)
+
+    def recent_frames(self, n: int) -> list[LiveFrame]:
+        """The last n frames (all of them for n = 0), without their pictures."""
         frames = []
-        for raw in self.redis.lrange(self.key + ":frames", 0, -1):
+        for raw in self.redis.lrange(self.key + ":frames", -n if n else 0, -1):
             r = json.loads(raw)
             frames.append(LiveFrame(seq=r["seq"], time_s=r["time_s"], width=r["width"], height=r["height"],
                                     faces=[LiveFace(box=tuple(f["box"]), score=f["score"]) for f in r["faces"]]))
@@ -473,9 +488,8 @@ class RedisLiveSession(LiveSession):
                     face.crop_jpeg = crop
         return frames
 
-    @property
-    def frames(self) -> list[LiveFrame]:
-        return self.kept_frames()
+    def kept_count(self) -> int:
+        return self.redis.llen(self.key + ":frames")
 
     def rates(self) -> Rates:
         now = self.clock()

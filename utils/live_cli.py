@@ -86,7 +86,7 @@ def _text(line: dict) -> str:
 
 
 def summary(session: LiveSession, detector, reason: str, wall_s: float, source: str) -> dict:
-    frames = list(session.frames)
+    frames = session.kept_frames()
     verdict = aggregate_frames(frames, detector)
     rates = session.rates()
     return {"summary": {

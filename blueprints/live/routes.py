@@ -188,7 +188,7 @@ def frame(session_id: str):
         "rolling": rolling.to_json(),
         "rates": session.rates().to_json(),
         "threshold": detector.threshold, "uncertain_band": list(detector.uncertain_band),
-        "kept_frames": len(session.frames),
+        "kept_frames": session.kept_count(),
     })
     response.headers["Cache-Control"] = "no-store"
     return response
