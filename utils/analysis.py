@@ -19,6 +19,9 @@ from utils.aggregate import MediaVerdict, aggregate_faces
 
 Progress = Callable[[str, float], None]
 
+MODEL_UNAVAILABLE_REASON = ("The detection model is not available on the server (missing or damaged), so "
+                            "nothing was analysed. The operators can see this on /healthz; please try again later.")
+
 
 def _no_progress(stage: str, fraction: float) -> None:
     pass
@@ -303,6 +306,9 @@ def analyse(analysis_id: int, progress: Progress | None = None) -> None:
         analysis = db.session.get(Analysis, analysis_id)
         analysis.status = "failed"
         analysis.error = str(exc)
+        if isinstance(exc, ModelUnavailable):  # its text names server paths: for the log, not the user
+            current_app.logger.error("analysis %s: model unavailable: %s", analysis_id, exc)
+            analysis.error = MODEL_UNAVAILABLE_REASON
     except Exception:
         current_app.logger.exception("analysis %s crashed", analysis_id)
         db.session.rollback()
