@@ -424,3 +424,36 @@ def _alive(base: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_gunicorn_restart_hands_running_work_to_the_next_server(store, tmp_path):
+    """In-process runner under gunicorn: a graceful stop (deploy) puts the running analysis back in
+    the queue at once, without spending an attempt, and the next server start runs it."""
+    app = make_app(store.url, tmp_path)
+    [analysis_id] = add_queued(app, add_user(app))
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+
+    def serve(label: str, step_s: float) -> Process:
+        env = flask_env(store.url, tmp_path, PORT=free_port(), WEB_CONCURRENCY=1, JOB_RUNNER="thread",
+                        JOB_RECOVER_ON_START=1, JOB_TARGET="tests.job_targets:staged",
+                        FAKE_JOB_STEP_SECONDS=step_s, JOB_HEARTBEAT_SECONDS=0.3)
+        return Process([gunicorn, "-c", "gunicorn.conf.py"], env, tmp_path / f"gunicorn-{label}.log")
+
+    first = serve("first", step_s=5)  # ~30 s job: still running when the server is stopped
+    try:
+        running = wait_for(lambda: (r := row(app, analysis_id)).status == "running" and r, timeout=60,
+                           what="the first server to start the queued analysis on boot")
+        assert first.stop() == 0
+    finally:
+        first.stop()
+        print(first.output()[-2000:])
+    handed_back = row(app, analysis_id)
+    assert (handed_back.status, handed_back.attempts) == ("queued", 0)
+    assert running.job_id.startswith("local-") and handed_back.job_id is None
+
+    second = serve("second", step_s=0.05)
+    try:
+        done = wait_status(app, analysis_id, ("done", "failed"), timeout=60)
+    finally:
+        second.stop()
+    assert (done.status, done.attempts) == ("done", 1)

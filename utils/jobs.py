@@ -12,6 +12,7 @@ JOB_MAX_ATTEMPTS, and finds queued rows that no runner holds.
 """
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 import os
@@ -418,6 +419,7 @@ class ThreadRunner:
         self._threads: list[threading.Thread] = []
         self._pid: int | None = None
         self._stopping = threading.Event()
+        self._in_flight: dict[int, str] = {}  # analysis id -> token of the run in this process
 
     @property
     def started(self) -> bool:
@@ -427,8 +429,11 @@ class ThreadRunner:
         with self._lock:
             if self.started:
                 return
+            if self._pid is None:
+                atexit.register(self.release)
             self._pid = os.getpid()
             self._queue = queue.Queue()
+            self._in_flight = {}
             self._stopping.clear()
             count = max(1, int(self.app.config["JOB_WORKERS"]))
             self._threads = [
@@ -494,12 +499,37 @@ class ThreadRunner:
             try:
                 if analysis_id is None:
                     return
+                token = _local_token()
+                self._in_flight[analysis_id] = token
                 with self.app.app_context():
-                    run_job(analysis_id, _local_token())
+                    run_job(analysis_id, token)
             except BaseException:
                 log.exception("job for analysis %s crashed the runner thread's step", analysis_id)
             finally:
+                self._in_flight.pop(analysis_id, None)
                 self._queue.task_done()
+
+    def release(self) -> list[int]:
+        """On a clean exit (gunicorn restarting a worker, Ctrl+C): put the jobs this process is
+        running back in the queue for the next process, without counting the cut-short attempt,
+        instead of leaving them to expire as if the process had crashed."""
+        if not self.started or not self._in_flight:
+            return []
+        released = []
+        with self.app.app_context():
+            for analysis_id, token in list(self._in_flight.items()):
+                with db.engine.begin() as conn:
+                    result = conn.execute(
+                        update(Analysis)
+                        .where(Analysis.id == analysis_id, Analysis.job_id == token,
+                               Analysis.status == "running")
+                        .values(status="queued", job_id=None, stage="queued", progress=0.0,
+                                heartbeat_at=None, attempts=Analysis.attempts - 1))
+                if result.rowcount == 1:
+                    released.append(analysis_id)
+        if released:
+            log.warning("shutting down: analyses %s handed back to the queue", released)
+        return released
 
     def _sweep_forever(self, recover_on_start: bool) -> None:
         first = True
