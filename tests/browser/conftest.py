@@ -102,8 +102,9 @@ def live_server(tmp_path_factory, job_gate):
 @pytest.fixture(scope="module")
 def browser(live_server):
     """Per module: one sync Playwright may run at a time, and other browser modules start their own."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=20_000)  # the machine may be busy (model training alongside)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         yield browser

@@ -69,12 +69,12 @@ def test_image_journey_from_upload_to_review_decision_and_game(new_page, media):
     wait_until_finished(owner)
 
     # The result: a verdict, the face with its heatmap labelled honestly, the explanation, report links.
-    assert owner.locator("#summary .badge").first.is_visible()
+    expect(owner.locator("#summary .badge").first).to_be_visible()
     heatmap = owner.get_by_role("img", name=re.compile(r"^Regions that drove the score for face 1"))
     heatmap.wait_for()
     assert owner.evaluate("(img) => img.complete && img.naturalWidth > 0", heatmap.element_handle())
     assert "not “the fake part”" in owner.locator("#faces").inner_text()
-    assert owner.locator("#meaning").get_by_text("What lowers reliability in general").is_visible()
+    expect(owner.locator("#meaning").get_by_text("What lowers reliability in general")).to_be_visible()
     check_accessibility(owner)
     screenshot(owner, "result-image")
     if not DOCS_SCREENSHOT.exists() or os.environ.get("UPDATE_DOCS_SCREENSHOT"):
@@ -88,7 +88,8 @@ def test_image_journey_from_upload_to_review_decision_and_game(new_page, media):
     check_accessibility(owner)
     screenshot(owner, "report")
     owner.emulate_media(media="print")
-    assert owner.locator("header.site").is_hidden() and owner.locator("#report-faces").is_visible()
+    expect(owner.locator("header.site")).to_be_hidden()
+    expect(owner.locator("#report-faces")).to_be_visible()
     owner.pdf(path=str(SCREENSHOTS / "report.pdf"))
     owner.emulate_media(media="screen")
     assert (SCREENSHOTS / "report.pdf").read_bytes().startswith(b"%PDF")
@@ -114,7 +115,7 @@ def test_image_journey_from_upload_to_review_decision_and_game(new_page, media):
     screenshot(admin, "review-queue")
     admin.get_by_role("link", name="astronaut.jpg").first.click()
     admin.wait_for_url(re.compile(r"/admin/analyses/\d+$"))
-    assert admin.get_by_text("This is a NASA portrait, not a fake.").first.is_visible()
+    expect(admin.get_by_text("This is a NASA portrait, not a fake.").first).to_be_visible()
     admin.get_by_label("Actually real").check()
     admin.get_by_label("Usable for the “beat the model” game").check()
     admin.get_by_label("Note (shown to the owner)").fill("Known public-domain photo.")
@@ -156,7 +157,7 @@ def test_video_shows_progress_then_timeline(new_page, media, job_gate):
     try:
         upload(page, media["video"])
         bar = page.locator("progress#progress-bar")
-        assert bar.is_visible()
+        expect(bar).to_be_visible()
         assert page.locator("#status-text").inner_text() in ("Queued", "Running")
         screenshot(page, "video-progress")
     finally:
@@ -214,7 +215,7 @@ def test_model_page_in_the_browser(new_page):
     page.goto("/")
     page.get_by_role("link", name="About the model").click()
     page.wait_for_url("**/model")
-    assert page.get_by_role("heading", name="The model behind the verdicts").is_visible()
+    expect(page.get_by_role("heading", name="The model behind the verdicts")).to_be_visible()
     assert page.locator("#model-limits li").count() >= 3
     check_accessibility(page)
     screenshot(page, "model")
