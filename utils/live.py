@@ -213,9 +213,6 @@ class LiveSession:
             self.last_seen = now
 
     # -- frames
-    def elapsed(self) -> float:
-        return self.clock() - self.started
-
     def add_frame(self, width: int, height: int, faces: list[LiveFace], image_jpeg: bytes | None,
                   time_s: float | None = None) -> LiveFrame:
         with self._state:
