@@ -212,7 +212,8 @@ def test_model_page_shows_the_card_and_says_when_charts_are_missing(client, weig
     for source in card.get("validation_metrics", {}):
         assert f'<th scope="row">{source}</th>' in html
     assert "No ROC curve image yet" in html and "No confusion matrix image yet" in html
-    assert "Known limits" in html and "No reviewed uploads were used" in html
+    assert "Known limits" in html
+    assert ("No reviewed uploads were used" in html) == (not card.get("reviewed_data"))
     assert client.get("/model/roc.png").status_code == 404
 
 

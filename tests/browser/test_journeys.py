@@ -90,6 +90,7 @@ def test_image_journey_from_upload_to_review_decision_and_game(new_page, media):
     owner.emulate_media(media="print")
     expect(owner.locator("header.site")).to_be_hidden()
     expect(owner.locator("#report-faces")).to_be_visible()
+    screenshot(owner, "report-print")
     owner.pdf(path=str(SCREENSHOTS / "report.pdf"))
     owner.emulate_media(media="screen")
     assert (SCREENSHOTS / "report.pdf").read_bytes().startswith(b"%PDF")
