@@ -189,6 +189,28 @@ def test_killed_worker_job_is_rerun_by_the_next_worker(rq_setup):
     assert rerun.job_id != orphan.job_id
 
 
+def test_worker_stopped_twice_hands_its_job_back_instead_of_failing_it(rq_setup):
+    """SIGTERM, SIGTERM: RQ's cold shutdown interrupts the job; that is no reason to fail it."""
+    import signal
+
+    app = rq_setup.app()
+    [analysis_id] = add_queued(app, add_user(app))
+    stopped = rq_setup.worker("stopped", JOB_TARGET="tests.job_targets:slow_first_attempt")
+    enqueue(app, analysis_id)
+    wait_for(lambda: (r := row(app, analysis_id)).status == "running" and r.stage.startswith("finding"),
+             timeout=60, what="the job to be running in the worker")
+    stopped.proc.send_signal(signal.SIGTERM)
+    time.sleep(1.5)  # RQ ignores a second signal within 1 s
+    stopped.proc.send_signal(signal.SIGTERM)
+    stopped.proc.wait(timeout=30)
+
+    handed_back = row(app, analysis_id)
+    assert (handed_back.status, handed_back.attempts, handed_back.error) == ("queued", 0, None)
+    rq_setup.worker("next")  # its start-up sweep re-enqueues the row (its RQ job is gone)
+    [done] = settle(app, [analysis_id], timeout=60, workers=[stopped])
+    assert (done.status, done.attempts) == ("done", 1)
+
+
 def test_killed_worker_job_fails_with_a_reason_when_attempts_run_out(rq_setup):
     app = rq_setup.app()
     [analysis_id] = add_queued(app, add_user(app))

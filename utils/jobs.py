@@ -189,6 +189,17 @@ def _fail_if_mine(analysis_id: int, token: str, reason: str,
     return result.rowcount == 1
 
 
+def _hand_back(analysis_id: int, token: str) -> bool:
+    """Running -> queued for the next process, without counting this cut-short attempt."""
+    with db.engine.begin() as conn:
+        result = conn.execute(
+            update(Analysis)
+            .where(Analysis.id == analysis_id, Analysis.job_id == token, Analysis.status == "running")
+            .values(status="queued", job_id=None, stage="queued", progress=0.0, heartbeat_at=None,
+                    attempts=Analysis.attempts - 1))
+    return result.rowcount == 1
+
+
 class _Lease:
     """Keeps heartbeat_at fresh while a job runs and watches its deadline.
 
@@ -282,6 +293,10 @@ def run_job(analysis_id: int, token: str, *, expected_job_id: str | None = None)
         except JobTimedOut:
             db.session.rollback()
             _fail_if_mine(analysis_id, token, timeout_reason(lease.timeout))
+        except (SystemExit, KeyboardInterrupt):  # the process is being stopped: not the job's fault
+            db.session.rollback()
+            _hand_back(analysis_id, token)
+            raise
         except BaseException:
             db.session.rollback()
             if lease.timed_out.is_set():  # RQ's hard alarm, raised where the job was stuck
@@ -518,14 +533,7 @@ class ThreadRunner:
         released = []
         with self.app.app_context():
             for analysis_id, token in list(self._in_flight.items()):
-                with db.engine.begin() as conn:
-                    result = conn.execute(
-                        update(Analysis)
-                        .where(Analysis.id == analysis_id, Analysis.job_id == token,
-                               Analysis.status == "running")
-                        .values(status="queued", job_id=None, stage="queued", progress=0.0,
-                                heartbeat_at=None, attempts=Analysis.attempts - 1))
-                if result.rowcount == 1:
+                if _hand_back(analysis_id, token):
                     released.append(analysis_id)
         if released:
             log.warning("shutting down: analyses %s handed back to the queue", released)
