@@ -181,7 +181,14 @@ def run_rq_worker(env: dict, analysis_id: int, workdir: Path) -> tuple[float, fl
         worker.terminate()
         worker.wait(timeout=30)
         log.close()
-        Redis.from_url(REDIS_URL).delete(*(Redis.from_url(REDIS_URL).keys(f"*{queue}*") or ["-"]))
+        connection = Redis.from_url(REDIS_URL)
+        for key in list(connection.scan_iter("rq:job:*")):
+            if connection.hget(key, "origin") == queue.encode():
+                job_id = key.decode().split(":", 2)[2]
+                connection.delete(key, *connection.scan_iter(f"rq:*{job_id}*"))
+        for key in list(connection.scan_iter(f"*{queue}*")):
+            connection.delete(key)
+        connection.srem("rq:queues", f"rq:queue:{queue}")
 
 
 def show(label: str, sample: dict, baseline_pss: float) -> list[float]:

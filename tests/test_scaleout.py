@@ -76,6 +76,10 @@ def rq_setup(store, tmp_path):
             connection.delete(key, *connection.scan_iter(f"rq:*{job_id}*"))
     for key in list(connection.scan_iter(f"*{queue_name}*")):
         connection.delete(key)
+    connection.srem("rq:queues", f"rq:queue:{queue_name}")
+    for member in connection.smembers("rq:workers"):
+        if queue_name.encode() in member:
+            connection.srem("rq:workers", member)
 
 
 def enqueue(app, analysis_id):
