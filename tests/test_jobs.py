@@ -388,3 +388,21 @@ def test_time_limit_stops_the_real_pipeline_at_its_first_progress_report(make, t
     with app.app_context():
         stored_row = db.session.get(Analysis, analysis_id)
         assert stored_row.verdict is None and not stored_row.faces and not stored_row.frames
+
+
+def test_jobs_status_command_counts_analyses_per_state(make):
+    app = make(JOB_RUNNER="thread")
+    user_id = add_user(app)
+    add_queued(app, user_id, n=2)
+    add_queued(app, user_id, status="failed", error="The file is empty.")
+
+    result = app.test_cli_runner().invoke(args=["jobs", "status"])
+
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["runner: thread", "queued: 2", "running: 0", "done: 0", "failed: 1"]
+
+
+def test_worker_command_explains_that_it_needs_redis(make):
+    result = make(JOB_RUNNER="thread").test_cli_runner().invoke(args=["worker"])
+
+    assert result.exit_code != 0 and "set REDIS_URL" in result.output
