@@ -273,3 +273,27 @@ def test_one_stalled_file_does_not_stall_the_queue(tmp_path, monkeypatch):
         with app.app_context():
             db.engine.dispose()
         store.drop()
+
+
+def test_a_connection_dropped_during_the_request_does_not_turn_the_answer_into_a_500(app, client, auth, user,
+                                                                                      monkeypatch):
+    """PostgreSQL restarting mid-request: the final ROLLBACK fails. The page already made (here the
+    history page) must still be sent, and the next request must work."""
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import Session
+
+    auth.login()
+    original_close = Session.close
+    failures = []
+
+    def close_on_a_dead_connection(self):
+        if not failures:
+            failures.append(1)
+            raise OperationalError("ROLLBACK", {}, Exception("terminating connection due to administrator command"))
+        return original_close(self)
+
+    monkeypatch.setattr(Session, "close", close_on_a_dead_connection)
+    response = client.get("/history")
+    assert failures == [1]
+    assert response.status_code == 200 and "Your analyses" in response.get_data(as_text=True)
+    assert client.get("/history").status_code == 200

@@ -196,6 +196,18 @@ def database_unavailable(exc):
     return render_error(503)
 
 
+@bp.teardown_app_request
+def release_database_session(exc):
+    """End the request's database session here, where a connection the database dropped during
+    the request is discarded quietly. (Flask-SQLAlchemy's own teardown would raise on the failed
+    ROLLBACK and turn an answer already made, such as the 503 page, into a bare 500.)"""
+    try:
+        db.session.remove()
+    except Exception:  # the connection is gone; the pool has invalidated it and will open a new one
+        db.session.registry.clear()
+        current_app.logger.warning("database connection lost at the end of a request", exc_info=True)
+
+
 @bp.app_errorhandler(500)
 def internal_error(exc):
     return render_error(500)
