@@ -35,6 +35,8 @@ class World:
     analysis: int  # user A's finished, flagged image with a file and derived images
     b_analysis: int
     a_token_id: int
+    a_face_id: int
+    live_session: str  # a live camera session A started
 
 
 @dataclass
@@ -61,6 +63,13 @@ def _token_active(world, app) -> bool:
 def _review_count(app) -> int:
     with app.app_context():
         return db.session.scalar(db.select(db.func.count(Review.id)))
+
+
+def _live_session_exists(world, app) -> bool:
+    from blueprints.live.routes import _store
+
+    with app.test_request_context():
+        return _store().get(world.live_session, world.users["A"]) is not None
 
 
 def _upload_data():
@@ -132,6 +141,32 @@ ACCESS: dict[tuple[str, str], Case] = {
         "/admin/analyses/{analysis}", {"anonymous": "login", "A": 403, "B": 403, "admin": 302},
         data=lambda: {"decision": "fake", "note": "checked"},
         changed=lambda w, app: _review_count(app) == 1, unchanged=lambda w, app: _review_count(app) == 0),
+    # evidence: per-analysis report and timeline follow the result page; the model page is public;
+    # the game serves only faces an admin released for it, so A's unreleased face is 404 even to A.
+    ("evidence.report", "GET"): Case("/analyses/{analysis}/report", OWNER_OR_ADMIN),
+    ("evidence.report_json", "GET"): Case("/analyses/{analysis}/report.json", OWNER_OR_ADMIN),
+    ("evidence.timeline", "GET"): Case("/analyses/{analysis}/timeline.svg", OWNER_OR_ADMIN),
+    ("evidence.model_card", "GET"): Case("/model", PUBLIC),
+    ("evidence.evaluation_png", "GET"): Case("/model/roc.png", {r: (200, 404) for r in ROLES}),
+    ("evidence.play", "GET"): Case("/game", ANY_SIGNED_IN),
+    ("evidence.play", "POST"): Case("/game", {"anonymous": "login", "A": 302, "B": 302, "admin": 302},
+                                    data=lambda: {"face_id": "1", "fake": "y"}),
+    ("evidence.reveal", "GET"): Case("/game/reveal", ANY_SIGNED_IN),
+    ("evidence.reset_score", "POST"): Case("/game/reset", {"anonymous": "login", "A": 302, "B": 302, "admin": 302},
+                                           data=dict),
+    ("evidence.game_image", "GET"): Case("/game/faces/{face}/crop.jpg",
+                                         {"anonymous": "login", "A": 404, "B": 404, "admin": 404}),
+    # live camera: JSON for scripts (401, not a redirect); a session belongs to the user who started it.
+    ("live.page", "GET"): Case("/live", ANY_SIGNED_IN),
+    ("live.start", "POST"): Case("/live/sessions", {"anonymous": 401, "A": 201, "B": 201, "admin": 201}, data=dict),
+    ("live.frame", "POST"): Case("/live/sessions/{live}/frames", {"anonymous": 401, "A": 400, "B": 404, "admin": 404},
+                                 data=dict),
+    ("live.save", "POST"): Case("/live/sessions/{live}/save", {"anonymous": 401, "A": 409, "B": 404, "admin": 404},
+                                data=dict),
+    ("live.discard", "POST"): Case(
+        "/live/sessions/{live}/discard", {"anonymous": 401, "A": 204, "B": 404, "admin": 404}, data=dict,
+        changed=lambda w, app: not _live_session_exists(w, app),
+        unchanged=lambda w, app: _live_session_exists(w, app)),
     ("api.list_analyses", "GET"): Case("/api/v1/analyses", {"anonymous": 401, "A": 200, "B": 200, "admin": 200},
                                        api=True, hidden_from_b=True),
     ("api.get_analysis", "GET"): Case("/api/v1/analyses/{analysis}", API_OWN, api=True),
@@ -193,7 +228,13 @@ def world(app, make_analysis, enqueued) -> World:
         row.frames[0].thumb_name = "frame-000.jpg"
         row.faces[0].crop_name, row.faces[0].heatmap_name = "face-000.jpg", "heat-000.jpg"
         db.session.commit()
-    return World(users, tokens, analysis, b_analysis, a_token_id)
+        face_id = row.faces[0].id
+    from blueprints.live.routes import _store
+    from utils.live import LiveSettings
+
+    with app.test_request_context():
+        live_session = _store().create(users["A"], LiveSettings.from_config(app.config)).id
+    return World(users, tokens, analysis, b_analysis, a_token_id, face_id, live_session)
 
 
 def sign_in_as(client, world: World, role: str) -> None:
@@ -212,6 +253,8 @@ def outcome_matches(response, expected) -> bool:
         return 200 <= response.status_code < 300 or (300 <= response.status_code < 400 and "/login" not in location)
     if expected == "public":  # served to anyone; /healthz answers 503 when the model or database is down
         return response.status_code in (200, 503)
+    if isinstance(expected, tuple):  # e.g. a public chart that exists only once a model was evaluated
+        return response.status_code in expected
     return response.status_code == expected
 
 
@@ -220,7 +263,8 @@ def outcome_matches(response, expected) -> bool:
 def test_access(app, client, world, key, role):
     endpoint, method = key
     case = ACCESS[key]
-    path = case.path.format(analysis=world.analysis, token=world.a_token_id)
+    path = case.path.format(analysis=world.analysis, token=world.a_token_id, face=world.a_face_id,
+                            live=world.live_session)
     headers = {}
     if case.api:
         if role != "anonymous":
@@ -239,6 +283,8 @@ def test_access(app, client, world, key, role):
         f"{method} {path} as {role}: got {response.status_code} {response.headers.get('Location', '')}, "
         f"expected {expected}")
     allowed = expected in ("ok", "public") or (isinstance(expected, int) and expected < 400 and role != "anonymous")
+    if isinstance(expected, tuple):
+        allowed = True
     if allowed and case.changed is not None:
         assert case.changed(world, app), f"{method} {path} as {role} was answered but changed nothing"
     if not allowed and case.unchanged is not None:
@@ -280,3 +326,18 @@ def test_ids_that_do_not_exist_answer_like_other_peoples(app, client, world):
         assert client.get(f"/analyses/{world.b_analysis}{suffix}").status_code == 404
         assert client.get(f"/analyses/999999{suffix}").status_code == 404
     assert client.post("/account/tokens/999999/revoke").status_code == 404
+
+
+def test_a_face_released_for_the_game_is_served_only_through_the_game(app, client, world):
+    """Once an admin releases an analysis for the game, other players see its face crop there, and
+    still nothing else of it: not the result, not the frame, not the original."""
+    with app.app_context():
+        db.session.add(Review(analysis_id=world.analysis, decision="fake", usable_for_game=True,
+                              reviewer_id=world.users["admin"]))
+        db.session.commit()
+    sign_in_as(client, world, "B")
+    assert client.get(f"/game/faces/{world.a_face_id}/crop.jpg").status_code == 200
+    for suffix in ("", "/thumb", "/original", "/files/face-000.jpg", "/files/frame-000.jpg", "/report"):
+        assert client.get(f"/analyses/{world.analysis}{suffix}").status_code == 404, suffix
+    game = client.get("/game").get_data(as_text=True)
+    assert A_SECRET_NAME not in game
