@@ -11,7 +11,7 @@ Pages the owner and admin may see are checked not to leak into B's pages and exp
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import pytest

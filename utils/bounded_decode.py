@@ -82,6 +82,7 @@ def _mp_context():
 def _child(conn, path: str, kwargs: dict, max_seconds: float, max_memory_bytes: int) -> None:
     """Runs in the child: set the limits, decode, send ("progress", ...) then ("ok", media) or an error."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(5)  # decoding is background work: requests served by the same machine come first
     cpu = max(1, int(max_seconds) + 1)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_AS, (max_memory_bytes, max_memory_bytes))

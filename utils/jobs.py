@@ -418,6 +418,15 @@ class SyncRunner:
         return {"runner": "sync", "ok": True}
 
 
+def _lower_this_threads_priority(niceness: int = 5) -> None:
+    """On Linux each thread has its own nice value, inherited by threads it starts (TensorFlow's
+    pools): the in-process runner's CPU then goes to requests first."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass
+
+
 def _local_token() -> str:
     return f"local-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
@@ -509,6 +518,7 @@ class ThreadRunner:
         self._pid = None
 
     def _work(self) -> None:
+        _lower_this_threads_priority()  # page views in this process come before analyses
         while True:
             analysis_id = self._queue.get()
             try:
