@@ -2,8 +2,8 @@
 
 The network has two heads (logits): `generation` (trained on real vs dataset fakes: face swaps and
 GAN faces) and `blending` (trained on real vs self-blended pseudo-fakes made from real faces). The
-card's `fusion` maps both logits to one calibrated P(fake) (a logistic regression fitted on the
-validation split), and holds the threshold and the uncertain band.
+card's `fusion` maps both logits to one calibrated P(fake) (fitted on the validation split; see
+Fusion), and holds the threshold and the uncertain band.
 """
 from __future__ import annotations
 
@@ -29,14 +29,38 @@ def card_path_for(model_path: str | Path) -> Path:
     return Path(model_path).with_name("model_card.json")
 
 
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+
+
 @dataclass
 class Fusion:
+    """How the head logits become one P(fake). 'max': each head is Platt-calibrated on its own
+    task (scales[i] * logit_i + biases[i]) and the most alarmed head wins; 'logistic': one
+    logistic regression over all logits (weights, bias)."""
+
     weights: tuple[float, ...]
     bias: float
+    mode: str = "logistic"
+    scales: tuple[float, ...] = ()
+    biases: tuple[float, ...] = ()
+
+    @classmethod
+    def from_card(cls, fusion: dict, heads: int) -> "Fusion":
+        if fusion.get("mode") == "max":
+            return cls(tuple(fusion["scales"]), 0.0, "max", tuple(fusion["scales"]), tuple(fusion["biases"]))
+        weights = fusion.get("weights") or [1.0] + [0.0] * (heads - 1)
+        return cls(tuple(weights), float(fusion.get("bias", 0.0)))
+
+    def head_probabilities(self, logits: np.ndarray) -> np.ndarray:
+        z = logits.astype(np.float64) * np.asarray(self.scales, np.float64) + np.asarray(self.biases, np.float64)
+        return _sigmoid(z)
 
     def probability(self, logits: np.ndarray) -> np.ndarray:
+        if self.mode == "max":
+            return self.head_probabilities(logits).max(axis=1).astype(np.float32)
         z = logits.astype(np.float64) @ np.asarray(self.weights, np.float64) + self.bias
-        return (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).astype(np.float32)
+        return _sigmoid(z).astype(np.float32)
 
 
 class Detector:
@@ -65,9 +89,7 @@ class Detector:
         self.threshold = float(self.card.get("threshold", 0.5))
         band = self.card.get("uncertain_band", [self.threshold, self.threshold])
         self.uncertain_band = (float(band[0]), float(band[1]))
-        fusion = self.card.get("fusion") or {"weights": [1.0] + [0.0] * (self.model.output_shape[-1] - 1),
-                                             "bias": 0.0}
-        self.fusion = Fusion(tuple(fusion["weights"]), float(fusion["bias"]))
+        self.fusion = Fusion.from_card(self.card.get("fusion") or {}, self.model.output_shape[-1])
         self.head_names = list(self.card.get("heads", ["generation", "blending"]))
         self._tf = tf
         self._lock = threading.Lock()
@@ -89,7 +111,7 @@ class Detector:
         """Raw per-head logits [N, heads] (for evaluation and calibration)."""
         crops = self._check(crops)
         if len(crops) == 0:
-            return np.zeros((0, len(self.fusion.weights)), np.float32)
+            return np.zeros((0, self.model.output_shape[-1]), np.float32)
         parts = []
         for start in range(0, len(crops), BATCH):
             parts.append(self._logits_fn(crops[start:start + BATCH]).numpy())
