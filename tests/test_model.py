@@ -111,3 +111,12 @@ def test_shipped_model_and_card():
         assert key in card
     scores = detector.score(crops(4, detector.input_size))
     assert scores.shape == (4,) and np.array_equal(scores, detector.score(crops(4, detector.input_size)))
+
+
+def test_max_fusion_takes_the_most_alarmed_calibrated_head(tmp_path):
+    fusion = {"mode": "max", "scales": [0.5, 2.0], "biases": [0.1, -1.0]}
+    detector = Detector(make_tiny_model(tmp_path / "max", fusion=fusion))
+    batch = crops(6, seed=11)
+    logits = detector.logits(batch)
+    per_head = 1 / (1 + np.exp(-(logits * np.array([0.5, 2.0]) + np.array([0.1, -1.0]))))
+    assert np.allclose(detector.score(batch), per_head.max(axis=1), atol=1e-6)
