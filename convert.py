@@ -5,6 +5,7 @@ process, the workers and the training code all see the same crops.
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -362,11 +363,12 @@ _finder_lock = threading.Lock()
 
 
 def get_face_finder():
-    """One face finder per process: BlazeFace when its wheel is installed, else Haar."""
+    """One face finder per process: BlazeFace when its wheel is installed, else (or with
+    FACE_DETECTOR=haar) OpenCV's Haar cascade."""
     global _finder
     with _finder_lock:
         if _finder is None:
-            model_path = _blazeface_model_path()
+            model_path = None if os.environ.get("FACE_DETECTOR") == "haar" else _blazeface_model_path()
             _finder = BlazeFaceFinder(model_path) if model_path else HaarFaceFinder()
         return _finder
 
