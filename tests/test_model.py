@@ -120,3 +120,5 @@ def test_max_fusion_takes_the_most_alarmed_calibrated_head(tmp_path):
     logits = detector.logits(batch)
     per_head = 1 / (1 + np.exp(-(logits * np.array([0.5, 2.0]) + np.array([0.1, -1.0]))))
     assert np.allclose(detector.score(batch), per_head.max(axis=1), atol=1e-6)
+    maps = detector.heatmaps(batch)
+    assert maps.shape[0] == 6 and 0.0 <= maps.min() and maps.max() <= 1.0 + 1e-6

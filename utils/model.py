@@ -138,7 +138,12 @@ class Detector:
             with tf.GradientTape() as tape:
                 features, logits = self._cam_model(x, training=False)
                 tape.watch(features)
-                target = tf.reduce_sum(logits * weights, axis=-1)
+                if self.fusion.mode == "max":  # explain the head that decided the score
+                    calibrated = logits * weights + tf.constant(np.asarray(self.fusion.biases, np.float32))
+                    winner = tf.one_hot(tf.argmax(calibrated, axis=-1), logits.shape[-1])
+                    target = tf.reduce_sum(logits * weights * winner, axis=-1)
+                else:
+                    target = tf.reduce_sum(logits * weights, axis=-1)
             grads = tape.gradient(target, features)
             channel_weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
             cam = tf.nn.relu(tf.reduce_sum(features * channel_weights, axis=-1)).numpy()
