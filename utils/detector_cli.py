@@ -11,7 +11,7 @@ from flask.cli import with_appcontext
 
 import convert
 
-MEDIA_SUFFIXES = dataset_suffixes = {
+MEDIA_SUFFIXES = {
     ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
     ".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".3gp", ".flv", ".ogv",
 }
