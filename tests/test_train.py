@@ -178,3 +178,54 @@ def test_evaluate_scores_videos_through_the_pipeline(tmp_path, app):
     assert result.exit_code == 0, result.output
     assert "2 videos" in result.output and "face_auc_blending_head" in result.output
     assert (tmp_path / "eval" / "roc.png").exists()
+
+
+def test_train_continues_from_a_model_and_records_reviewed_data(tmp_path, app):
+    import keras
+
+    from utils.model import Detector
+
+    data_dir = make_dataset(tmp_path / "tiny", n=16, groups=True)
+    reviewed_dir = make_dataset(tmp_path / "export-1", n=6, groups=True)
+    manifest = {"folder": str(reviewed_dir), "exported_at": "2026-11-25T12:00:00Z", "analyses": 5,
+                "faces": {"real": 6, "fake": 6}, "decisions_up_to": "2026-11-25T11:59:00Z", "source": "reviewed"}
+    (reviewed_dir / "reviewed.json").write_text(json.dumps(manifest))
+    first = tmp_path / "first" / "detector.keras"
+    app.config["DETECTOR_CACHE_DIR"] = str(tmp_path / "cache")
+    runner = app.test_cli_runner()
+    common = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--input-size", "32",
+              "--width", "0.25", "--seed", "3"]
+    result = runner.invoke(args=["train", "--data", str(data_dir), "--out", str(first), *common])
+    assert result.exit_code == 0, result.output
+    first_card = json.loads(first.with_name("model_card.json").read_text())
+    assert "initialised_from" not in first_card and "reviewed_data" not in first_card
+    assert first_card["known_limits"]
+
+    # A learning rate of ~0 keeps the weights: the continued model must be the first one, not a fresh network.
+    second = tmp_path / "second" / "detector.keras"
+    result = runner.invoke(args=["train", "--data", str(data_dir), "--data", str(reviewed_dir), "--out", str(second),
+                                 "--init-from", str(first), "--learning-rate", "1e-12", *common])
+    assert result.exit_code == 0, result.output
+    card = json.loads(second.with_name("model_card.json").read_text())
+    assert card["initialised_from"]["version"] == first_card["version"]
+    assert card["initialised_from"]["file"] == str(first)
+    assert card["training"]["epochs"] == 1 and card["training"]["epochs_total"] == 2
+    assert card["training"]["minutes_total"] >= first_card["training"]["minutes"]
+    kernel = lambda path: keras.saving.load_model(path, compile=False).get_layer("logits").get_weights()[0]
+    np.testing.assert_allclose(kernel(second), kernel(first), atol=1e-6)
+    assert Detector(second).score(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2,)
+
+    reviewed = card["reviewed_data"]
+    assert reviewed["faces"] == {"real": 6, "fake": 6} and reviewed["analyses"] == 5
+    assert reviewed["exported_at"] == manifest["exported_at"] and reviewed["folder"] == "export-1"
+    assert reviewed["decisions_up_to"] == manifest["decisions_up_to"] and reviewed["trained_on"]
+    terms = {d["source"]: d["terms"] for d in card["data"]}
+    assert "decided by its admins" in terms["export-1"] and "decided by its admins" not in terms["tiny"]
+
+    # Another network size or another seed would not be a continuation of the same split: refused.
+    for changed in (["--input-size", "48"], ["--seed", "4"]):
+        args = ["train", "--data", str(data_dir), "--out", str(tmp_path / "bad.keras"), "--init-from", str(first),
+                *common, *changed]
+        result = runner.invoke(args=args)
+        assert result.exit_code != 0 and not (tmp_path / "bad.keras").exists()
+        assert ("needs" in result.output) or ("seed=3" in result.output)

@@ -102,16 +102,22 @@ def register(app: Flask) -> None:
     @click.option("--learning-rate", type=float, default=2e-3)
     @click.option("--minutes", type=float, default=None, help="Stop after the epoch that passes this budget.")
     @click.option("--seed", type=int, default=0)
+    @click.option("--init-from", type=click.Path(exists=True, dir_okay=False), default=None,
+                  help="Continue training this .keras model (same network and input size; keep its seed).")
     @with_appcontext
     def train_command(data_dirs, out, epochs, steps_per_epoch, batch_size, input_size, width, learning_rate,
-                      minutes, seed):
+                      minutes, seed, init_from):
         """Train the detector, calibrate it on the validation split, write the model and its card."""
         from utils.train import train
 
         out = out or current_app.config["MODEL_PATH"]
-        card = train(list(data_dirs), out, input_size=input_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                     batch_size=batch_size, learning_rate=learning_rate, seed=seed, width=width,
-                     max_minutes=minutes, cache_dir=_cache_dir(), log=lambda m: click.echo(m, err=True))
+        try:
+            card = train(list(data_dirs), out, input_size=input_size, epochs=epochs,
+                         steps_per_epoch=steps_per_epoch, batch_size=batch_size, learning_rate=learning_rate,
+                         seed=seed, width=width, max_minutes=minutes, cache_dir=_cache_dir(), init_from=init_from,
+                         log=lambda m: click.echo(m, err=True))
+        except ValueError as exc:
+            raise click.ClickException(str(exc))
         click.echo(f"wrote {out} (version {card['version']}) and {Path(out).with_name('model_card.json')}")
 
     @app.cli.command("evaluate")
