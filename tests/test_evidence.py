@@ -228,6 +228,22 @@ def test_model_page_serves_the_evaluation_images(client, weights):
     assert response.status_code == 200 and response.data == buffer.getvalue()
 
 
+def test_model_page_shows_per_source_evaluation_plots(client, weights):
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 20), (40, 50, 60)).save(buffer, "PNG")
+    (weights / "eval" / "dfdc").mkdir(parents=True)
+    (weights / "eval" / "dfdc" / "roc.png").write_bytes(buffer.getvalue())
+    (weights / "eval" / "dfdc" / "confusion.png").write_bytes(buffer.getvalue())
+    (weights / "eval" / "empty").mkdir()
+    html = client.get("/model").get_data(as_text=True)
+    assert 'src="/model/eval/dfdc/roc.png"' in html and 'src="/model/eval/dfdc/confusion.png"' in html
+    assert "/model/eval/empty/" not in html and "image yet" not in html
+    response = client.get("/model/eval/dfdc/roc.png")
+    assert response.status_code == 200 and response.data == buffer.getvalue()
+    assert client.get("/model/eval/empty/roc.png").status_code == 404
+    assert client.get("/model/eval/..%2F..%2Fweights/roc.png").status_code == 404
+
+
 def test_model_page_tolerates_a_sparse_card_and_records_reviewed_data(client, weights):
     (weights / "model_card.json").write_text(json.dumps({
         "version": "v-sparse", "validation_metrics": {"all": {"roc_auc": 0.91, "n": 10}},

@@ -83,12 +83,21 @@ def model_card():
     images = {kind: service.evaluation_image(kind) is not None for kind in service.EVALUATION_IMAGES}
     return render_template("evidence/model.html", card=card, metrics=metrics,
                            columns=service.metric_columns(metrics), images=images,
+                           evaluation_sets=service.evaluation_sets(),
                            limits=service.model_limits(card), auc=service.overall_auc(card))
 
 
 @bp.route("/model/<any(roc, confusion):kind>.png")
 def evaluation_png(kind: str):
     path = service.evaluation_image(kind)
+    if path is None:
+        abort(404)
+    return send_file(path, mimetype="image/png", max_age=300)
+
+
+@bp.route("/model/eval/<source>/<any(roc, confusion):kind>.png")
+def evaluation_set_png(source: str, kind: str):
+    path = service.evaluation_set_image(source, kind)
     if path is None:
         abort(404)
     return send_file(path, mimetype="image/png", max_age=300)

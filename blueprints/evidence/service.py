@@ -3,6 +3,7 @@ what lowers its reliability, and the per-analysis report (HTML and JSON from one
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -18,6 +19,8 @@ LOW_RESOLUTION_PIXELS = 320 * 240
 # A model whose overall validation ROC-AUC is below this is close to guessing; say so on every verdict.
 WEAK_MODEL_AUC = 0.65
 EVALUATION_IMAGES = {"roc": "roc.png", "confusion": "confusion.png"}  # names `flask evaluate` writes
+EVALUATION_DIR = "eval"  # per-source plots: <weights>/eval/<source>/{roc,confusion}.png
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 GENERAL_LIMITS = [
     "Heavy compression (messaging apps, re-uploads) removes the fine traces the model looks for.",
     "Tiny, blurred or turned-away faces (profile views) give it little to judge.",
@@ -63,6 +66,27 @@ def read_model_card() -> dict:
 def evaluation_image(kind: str) -> Path | None:
     """The ROC / confusion PNG next to the model, if `flask evaluate --out` put one there."""
     path = weights_dir() / EVALUATION_IMAGES[kind]
+    return path if path.is_file() else None
+
+
+def evaluation_sets() -> dict[str, dict[str, bool]]:
+    """Per-source plots `flask evaluate --out <weights>/eval/<source>` wrote: {source: {kind: exists}},
+    only folders holding at least one of them."""
+    root = weights_dir() / EVALUATION_DIR
+    sets = {}
+    if root.is_dir():
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and SOURCE_NAME.fullmatch(p.name)):
+            found = {kind: (folder / name).is_file() for kind, name in EVALUATION_IMAGES.items()}
+            if any(found.values()):
+                sets[folder.name] = found
+    return sets
+
+
+def evaluation_set_image(source: str, kind: str) -> Path | None:
+    """One per-source plot; None for a name that is not a plain folder name or a missing file."""
+    if not SOURCE_NAME.fullmatch(source):
+        return None
+    path = weights_dir() / EVALUATION_DIR / source / EVALUATION_IMAGES[kind]
     return path if path.is_file() else None
 
 
