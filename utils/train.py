@@ -72,7 +72,7 @@ def reviewed_data(data_dirs: list[str], trained_on: str) -> dict | None:
     }
 
 
-def known_limits(metrics: dict, training: dict) -> list[str]:
+def known_limits(metrics: dict, training: dict, parameters: int, sources: list[str]) -> list[str]:
     """Honest limits from what this run measured (the /model page lists them first)."""
     def auc(source):
         value = (metrics.get(source) or {}).get("shipped_roc_auc")
@@ -80,16 +80,14 @@ def known_limits(metrics: dict, training: dict) -> list[str]:
 
     measured = ", ".join(f"{source} {auc(source)}" for source in metrics
                          if source != "all" and not source.startswith("sbi:"))
+    device = {True: "GPU", False: "CPU"}.get(training.get("gpu"), "device not recorded")
     return [
-        f"A small network (about 110k parameters, {training.get('input_size', 128)} px faces) trained on a CPU for "
+        f"A small network ({parameters:,} parameters, {training.get('input_size', 128)} px faces) trained for "
         f"{training.get('minutes_total', training.get('minutes'))} minutes ({training.get('epochs_total', training.get('epochs'))} "
-        "epochs): far less than published detectors.",
-        f"Validation ROC-AUC per source: {measured} (the aims were 0.95 on DFDC and 0.99 on StyleGAN); "
-        "many borderline files are answered 'uncertain'.",
-        "Trained on tight face crops of two research datasets (DFDC face swaps, StyleGAN v1 faces vs FFHQ); "
-        "other generators, editing tools and diffusion-made faces were never seen.",
-        "The 'generation' head does not carry over to unseen face-swap methods; only the self-blending head does, "
-        "and weakly.",
+        f"epochs, {training.get('backend', 'keras')} backend, {device}): far less training than published detectors.",
+        f"Validation ROC-AUC per source: {measured}; borderline files are answered 'uncertain'.",
+        f"Trained only on tight face crops from: {', '.join(sources)}; other generators, editing tools and "
+        "diffusion-made faces were never seen.",
     ]
 
 
@@ -487,6 +485,17 @@ def load_initial_model(path: str | Path, input_size: int):
     return model, card
 
 
+def _gpu_used() -> bool | None:
+    """Whether the TensorFlow backend had a GPU (None: another backend, not checked)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
 def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, epochs: int = 10,
           steps_per_epoch: int = 200, batch_size: int = 48, learning_rate: float = 2e-3, seed: int = 0,
           width: float = 1.0, max_minutes: float | None = None, cache_dir: str | Path = "data/cache",
@@ -578,7 +587,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
                      "minutes": round((time.time() - started) / 60, 1),
                      "epochs_total": previous_epochs + epochs_run,
                      "minutes_total": round(previous_minutes + (time.time() - started) / 60, 1),
-                     "backend": keras.backend.backend()},
+                     "backend": keras.backend.backend(), "gpu": _gpu_used()},
         "validation_metrics": metrics,
         "metrics_note": "ROC-AUC per validation source for each head alone, for the shipped fusion "
                         "(max of calibrated heads) and for the alternative (one logistic regression over both "
@@ -587,7 +596,8 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
                         "reals (a proxy for unseen face swaps). The fusion's 4 numbers are fitted on the same "
                         "validation data they are reported on.",
     }
-    card["known_limits"] = known_limits(metrics, {**card["training"], "input_size": input_size})
+    card["known_limits"] = known_limits(metrics, {**card["training"], "input_size": input_size},
+                                        model.count_params(), sources_used)
     reviewed = reviewed_data(data_dirs, dt.date.today().isoformat())
     if reviewed:
         card["reviewed_data"] = reviewed
