@@ -148,6 +148,7 @@ ACCESS: dict[tuple[str, str], Case] = {
     ("evidence.timeline", "GET"): Case("/analyses/{analysis}/timeline.svg", OWNER_OR_ADMIN),
     ("evidence.model_card", "GET"): Case("/model", PUBLIC),
     ("evidence.evaluation_png", "GET"): Case("/model/roc.png", {r: (200, 404) for r in ROLES}),
+    ("evidence.evaluation_set_png", "GET"): Case("/model/eval/dfdc/roc.png", {r: (200, 404) for r in ROLES}),
     ("evidence.play", "GET"): Case("/game", ANY_SIGNED_IN),
     ("evidence.play", "POST"): Case("/game", {"anonymous": "login", "A": 302, "B": 302, "admin": 302},
                                     data=lambda: {"face_id": "1", "fake": "y"}),
@@ -341,3 +342,8 @@ def test_a_face_released_for_the_game_is_served_only_through_the_game(app, clien
         assert client.get(f"/analyses/{world.analysis}{suffix}").status_code == 404, suffix
     game = client.get("/game").get_data(as_text=True)
     assert A_SECRET_NAME not in game
+
+
+@pytest.mark.parametrize("source", ["..", "..%2F..%2Finstance", "..%5C..%5Cinstance", ".hidden", "a%00b"])
+def test_public_model_charts_do_not_reach_outside_their_folder(client, source):
+    assert client.get(f"/model/eval/{source}/roc.png").status_code == 404

@@ -289,6 +289,7 @@ def test_a_connection_dropped_during_the_request_does_not_turn_the_answer_into_a
     def close_on_a_dead_connection(self):
         if not failures:
             failures.append(1)
+            self.connection().invalidate()  # as the server cutting it would (frees its locks too)
             raise OperationalError("ROLLBACK", {}, Exception("terminating connection due to administrator command"))
         return original_close(self)
 

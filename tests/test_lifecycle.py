@@ -266,7 +266,7 @@ def test_an_analysis_deleted_while_it_runs_writes_no_face_images(app, user, make
         if stage == "scoring" and fraction == 1.0:  # decoded and scored; results not stored yet
             with db.engine.begin() as conn:
                 conn.execute(db.text("DELETE FROM analysis WHERE id = :id"), {"id": analysis_id})
-                conn.execute(db.text("DELETE FROM user WHERE id = :id"), {"id": user})
+                conn.execute(db.text('DELETE FROM "user" WHERE id = :id'), {"id": user})
             deleted.append(stage)
 
     with app.app_context():
