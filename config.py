@@ -1,6 +1,7 @@
 """Settings from the environment, with defaults that make a one-command start work."""
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent
@@ -88,6 +89,7 @@ def load_config(instance_path: str) -> dict:
         "REMEMBER_COOKIE_HTTPONLY": True,
         "REMEMBER_COOKIE_SAMESITE": "Lax",
         "REMEMBER_COOKIE_SECURE": production,
+        "REMEMBER_COOKIE_DURATION": timedelta(days=_int("REMEMBER_DAYS", 30)),
         "WTF_CSRF_TIME_LIMIT": None,
         "HISTORY_PAGE_SIZE": _int("HISTORY_PAGE_SIZE", 20),
     }

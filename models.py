@@ -6,7 +6,7 @@ import secrets
 from datetime import datetime, timezone
 
 from flask_login import UserMixin
-from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -85,7 +85,11 @@ class ApiToken(db.Model):
 class Analysis(db.Model):
     """One uploaded file (or saved live session) and everything the detector concluded about it."""
 
-    __table_args__ = (UniqueConstraint("user_id", "sha256", name="uq_analysis_user_sha256"),)
+    __table_args__ = (
+        UniqueConstraint("user_id", "sha256", name="uq_analysis_user_sha256"),
+        # History pages: one user's analyses, newest first.
+        Index("ix_analysis_user_created", "user_id", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
