@@ -6,7 +6,7 @@ import secrets
 from datetime import datetime, timezone
 
 from flask_login import UserMixin
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -136,6 +136,8 @@ class Analysis(db.Model):
     dispute_reason: Mapped[str | None] = mapped_column(String(500))
     disputed_at: Mapped[datetime | None]
     media_purged_at: Mapped[datetime | None]
+    # Faces are personal data: the game shows them only if the owner opted in (and may withdraw).
+    game_consent: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     user: Mapped[User] = relationship(back_populates="analyses", foreign_keys=[user_id])
     faces: Mapped[list[FaceResult]] = relationship(
