@@ -128,6 +128,12 @@ ACCESS: dict[tuple[str, str], Case] = {
         data=lambda: {"reason": "The face looks pasted on"},
         changed=lambda w, app: _analysis(w, app).flag_reason == "dispute",
         unchanged=lambda w, app: _analysis(w, app).flag_reason == "auto"),
+    # Consent to show one's faces in the game is the owner's alone: an admin cannot give it for them.
+    ("upload.game_consent", "POST"): Case(
+        "/analyses/{analysis}/game-consent", {"anonymous": "login", "A": 302, "B": 404, "admin": 404},
+        data=lambda: {"allow": "Allow in the game"},
+        changed=lambda w, app: _analysis(w, app).game_consent,
+        unchanged=lambda w, app: not _analysis(w, app).game_consent),
     ("history.index", "GET"): Case("/history", ANY_SIGNED_IN, hidden_from_b=True),
     ("history.export_csv", "GET"): Case("/history/export.csv", ANY_SIGNED_IN, hidden_from_b=True),
     ("history.export_json", "GET"): Case("/history/export.json", ANY_SIGNED_IN, hidden_from_b=True),
@@ -330,13 +336,17 @@ def test_ids_that_do_not_exist_answer_like_other_peoples(app, client, world):
 
 
 def test_a_face_released_for_the_game_is_served_only_through_the_game(app, client, world):
-    """Once an admin releases an analysis for the game, other players see its face crop there, and
-    still nothing else of it: not the result, not the frame, not the original."""
+    """Once the owner consents and an admin releases an analysis for the game, other players see its
+    face crop there, and still nothing else of it: not the result, not the frame, not the original."""
     with app.app_context():
         db.session.add(Review(analysis_id=world.analysis, decision="fake", usable_for_game=True,
                               reviewer_id=world.users["admin"]))
         db.session.commit()
     sign_in_as(client, world, "B")
+    assert client.get(f"/game/faces/{world.a_face_id}/crop.jpg").status_code == 404  # no consent yet
+    with app.app_context():
+        db.session.get(Analysis, world.analysis).game_consent = True
+        db.session.commit()
     assert client.get(f"/game/faces/{world.a_face_id}/crop.jpg").status_code == 200
     for suffix in ("", "/thumb", "/original", "/files/face-000.jpg", "/files/frame-000.jpg", "/report"):
         assert client.get(f"/analyses/{world.analysis}{suffix}").status_code == 404, suffix

@@ -274,7 +274,8 @@ def test_weak_model_is_called_weak(client, auth, user, weights, evidence):
 
 def test_game_empty_state(client, auth, user, evidence):
     evidence(user, review=("fake", False))  # decided but not released for the game
-    evidence(user, review=("cannot_tell", True))  # released, but no truth to score against
+    evidence(user, review=("cannot_tell", True), game_consent=True)  # released, but no truth to score against
+    evidence(user, review=("real", True))  # released and decided, but the owner never consented
     auth.login()
     html = client.get("/game").get_data(as_text=True)
     assert "No faces to play with yet" in html and "<form method=\"post\" action=\"/game\"" not in html
@@ -286,7 +287,8 @@ def game_face_id(html: str) -> int:
 
 @pytest.mark.csrf
 def test_game_round_reveals_model_and_truth_and_keeps_score(client, auth, user, evidence):
-    evidence(user, faces=[(0, 0, 100, 100, 0.2, 0)], review=("fake", True), score=0.2, verdict="real")
+    evidence(user, faces=[(0, 0, 100, 100, 0.2, 0)], review=("fake", True), score=0.2, verdict="real",
+             game_consent=True)
     auth.login()
     html = client.get("/game").get_data(as_text=True)
     face_id = game_face_id(html)
@@ -307,8 +309,8 @@ def test_game_round_reveals_model_and_truth_and_keeps_score(client, auth, user, 
 
 
 def test_game_guess_for_a_face_not_dealt_is_not_scored(client, auth, user, evidence, app):
-    evidence(user, review=("real", True))
-    hidden = evidence(user, review=("fake", False))
+    evidence(user, review=("real", True), game_consent=True)
+    hidden = evidence(user, review=("fake", False), game_consent=True)
     with app.app_context():
         hidden_face = db.session.scalar(db.select(FaceResult.id).filter_by(analysis_id=hidden))
     auth.login()
@@ -320,13 +322,122 @@ def test_game_guess_for_a_face_not_dealt_is_not_scored(client, auth, user, evide
 
 def test_game_reset_and_sign_in(client, auth, user, evidence):
     assert client.get("/game").status_code == 302
-    evidence(user, faces=[(0, 0, 100, 100, 0.9, 0)], review=("fake", True))
+    evidence(user, faces=[(0, 0, 100, 100, 0.9, 0)], review=("fake", True), game_consent=True)
     auth.login()
     face_id = game_face_id(client.get("/game").get_data(as_text=True))
     client.post("/game", data={"face_id": face_id, "real": "Real"})
     assert "You: <strong>0</strong> of 1" in client.get("/game/reveal").get_data(as_text=True)
     client.post("/game/reset", data={})
     assert "No rounds played yet" in client.get("/game").get_data(as_text=True)
+
+
+def face_ids_of(app, analysis_id: int) -> set[int]:
+    with app.app_context():
+        return set(db.session.scalars(db.select(FaceResult.id).filter_by(analysis_id=analysis_id)))
+
+
+def consent_of(app, analysis_id: int) -> bool:
+    with app.app_context():
+        return db.session.get(Analysis, analysis_id).game_consent
+
+
+def dealt_faces(client, rounds: int) -> set[int]:
+    """Faces dealt over several rounds (a guess moves the game on to the next face)."""
+    seen = set()
+    for _ in range(rounds):
+        html = client.get("/game").get_data(as_text=True)
+        if "No faces to play with yet" in html:
+            break
+        face_id = game_face_id(html)
+        seen.add(face_id)
+        client.post("/game", data={"face_id": face_id, "real": "Real"})
+    return seen
+
+
+def test_game_deals_only_faces_whose_owner_consented(app, client, auth, user, other_user, evidence):
+    consented = evidence(user, faces=[(0, 0, 100, 100, 0.3, 0), (120, 0, 100, 100, 0.4, 0)],
+                         review=("real", True), game_consent=True)
+    refused = evidence(other_user, faces=[(0, 0, 100, 100, 0.9, 0), (120, 0, 100, 100, 0.8, 0)],
+                       review=("fake", True))
+    auth.login()
+    assert dealt_faces(client, 8) == face_ids_of(app, consented)
+    for face_id in face_ids_of(app, refused):
+        assert client.get(f"/game/faces/{face_id}/crop.jpg").status_code == 404
+
+
+def test_withdrawing_consent_removes_the_faces_from_the_game_at_once(app, client, auth, user, evidence):
+    analysis_id = evidence(user, review=("fake", True), game_consent=True)
+    (face_id,) = face_ids_of(app, analysis_id)
+    auth.login()
+    html = client.get("/game").get_data(as_text=True)
+    assert game_face_id(html) == face_id  # dealt, and the round is open
+    response = client.post(f"/analyses/{analysis_id}/game-consent", data={"withdraw": "Withdraw consent"})
+    assert response.status_code == 302 and not consent_of(app, analysis_id)
+    assert "no longer used in the game" in client.get(response.headers["Location"]).get_data(as_text=True)
+    assert client.get(f"/game/faces/{face_id}/crop.jpg").status_code == 404
+    client.post("/game", data={"face_id": face_id, "fake": "Fake"})  # the open round no longer counts
+    assert "No rounds played yet" in client.get("/game").get_data(as_text=True)
+    assert "No faces to play with yet" in client.get("/game").get_data(as_text=True)
+    # Given again, the face is back.
+    client.post(f"/analyses/{analysis_id}/game-consent", data={"allow": "Allow in the game"})
+    assert consent_of(app, analysis_id) and game_face_id(client.get("/game").get_data(as_text=True)) == face_id
+
+
+def test_result_page_asks_the_owner_only_when_there_are_faces(app, client, auth, user, admin_user, evidence,
+                                                              make_analysis):
+    with_faces = evidence(user)
+    without_faces = make_analysis(user, verdict="no_face", score=None)
+    auth.login()
+    html = client.get(f"/analyses/{with_faces}").get_data(as_text=True)
+    assert 'id="game-consent"' in html and "You can withdraw at any time." in html
+    assert "You have not allowed it" in html and f'action="/analyses/{with_faces}/game-consent"' in html
+    client.post(f"/analyses/{with_faces}/game-consent", data={"allow": "Allow in the game"})
+    html = client.get(f"/analyses/{with_faces}").get_data(as_text=True)
+    assert "You allow it." in html and 'value="Withdraw consent"' in html
+    assert 'id="game-consent"' not in client.get(f"/analyses/{without_faces}").get_data(as_text=True)
+    auth.logout()
+    auth.login("admin@example.com")
+    admin_view = client.get(f"/analyses/{with_faces}").get_data(as_text=True)
+    assert admin_view.count("game-consent") == 0  # the admin sees the result but cannot consent for the owner
+    detail = client.get(f"/admin/analyses/{with_faces}").get_data(as_text=True)
+    assert "the owner allows its faces" in detail and "(only used if the owner allows it)" in detail
+
+
+def test_admin_detail_says_when_the_owner_has_not_consented(client, auth, user, admin_user, evidence):
+    analysis_id = evidence(user, flagged=True, flag_reason="auto")
+    auth.login("admin@example.com")
+    assert "the owner has not allowed its faces" in client.get(f"/admin/analyses/{analysis_id}").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("who", ["other@example.com", "admin@example.com", None])
+def test_only_the_owner_may_give_or_withdraw_consent(app, client, auth, user, other_user, admin_user, evidence,
+                                                     who):
+    analysis_id = evidence(user, review=("fake", True))
+    if who:
+        auth.login(who)
+    response = client.post(f"/analyses/{analysis_id}/game-consent", data={"allow": "Allow in the game"})
+    assert response.status_code == 404 if who else "/login" in response.headers["Location"]
+    assert not consent_of(app, analysis_id)
+
+
+@pytest.mark.csrf
+def test_game_consent_is_csrf_protected(app, client, auth, user, evidence):
+    analysis_id = evidence(user, review=("fake", True))
+    auth.login()
+    page = client.get(f"/analyses/{analysis_id}").get_data(as_text=True)
+    assert client.post(f"/analyses/{analysis_id}/game-consent",
+                       data={"allow": "Allow in the game"}).status_code == 400
+    assert not consent_of(app, analysis_id)
+    response = client.post(f"/analyses/{analysis_id}/game-consent",
+                           data={"allow": "Allow in the game", "csrf_token": csrf_token_from(page)})
+    assert response.status_code == 302 and consent_of(app, analysis_id)
+
+
+def test_game_consent_needs_a_clear_choice(app, client, auth, user, evidence):
+    analysis_id = evidence(user, review=("fake", True))
+    auth.login()
+    assert client.post(f"/analyses/{analysis_id}/game-consent", data={}).status_code == 400
+    assert not consent_of(app, analysis_id)
 
 
 # --------------------------------------------------------------------------- export-reviewed

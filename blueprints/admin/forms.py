@@ -11,5 +11,5 @@ class ReviewForm(FlaskForm):
     decision = RadioField("Decision", choices=DECISION_CHOICES, validators=[DataRequired()])
     note = TextAreaField("Note (shown to the owner)", validators=[Optional(), Length(max=2000)],
                          render_kw={"rows": 3, "maxlength": 2000})
-    usable_for_game = BooleanField("Usable for the “beat the model” game")
+    usable_for_game = BooleanField("Usable for the “beat the model” game (only used if the owner allows it)")
     submit = SubmitField("Record decision")

@@ -1,6 +1,6 @@
-""""Can you beat the model?": faces from analyses an admin decided (fake or real) and marked usable
-for the game. The player's score lives in the session; the face being played is remembered there
-too, so a round counts once and only for the face that was dealt."""
+""""Can you beat the model?": faces from analyses whose owner consented and that an admin decided
+(fake or real) and marked usable for the game. The player's score lives in the session; the face
+being played is remembered there too, so a round counts once and only for the face that was dealt."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -39,11 +39,13 @@ class Score:
 
 
 def playable_faces():
-    """Faces whose analysis a reviewer decided (fake/real) and allowed in the game."""
+    """Faces whose owner consented and whose analysis a reviewer decided (fake/real) and allowed in
+    the game. Checked on every deal and image request, so a withdrawn consent applies at once."""
     return (db.select(FaceResult)
             .join(Analysis, FaceResult.analysis_id == Analysis.id)
             .join(Review, Review.analysis_id == Analysis.id)
-            .where(Review.usable_for_game.is_(True), Review.decision.in_(("fake", "real")),
+            .where(Analysis.game_consent.is_(True), Review.usable_for_game.is_(True),
+                   Review.decision.in_(("fake", "real")),
                    Analysis.status == "done", FaceResult.crop_name.is_not(None)))
 
 

@@ -18,3 +18,10 @@ class DisputeForm(FlaskForm):
         render_kw={"maxlength": 500, "rows": 3},
     )
     submit = SubmitField("Ask for a human review")
+
+
+class GameConsentForm(FlaskForm):
+    """The owner's yes or no to the game; two buttons, so the choice is explicit in the request."""
+
+    allow = SubmitField("Allow in the game")
+    withdraw = SubmitField("Withdraw consent")

@@ -8,7 +8,7 @@ from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, rend
 from flask_login import current_user, login_required
 
 from blueprints.access import analysis_for_viewer, own_analysis
-from blueprints.upload.forms import DisputeForm, UploadForm
+from blueprints.upload.forms import DisputeForm, GameConsentForm, UploadForm
 from blueprints.upload.service import UploadRejected, accept_upload, display_name
 from extensions import db, limiter
 from models import utcnow
@@ -96,7 +96,8 @@ def result(analysis_id: int):
     key_faces = [f for f in analysis.faces if key_frame is not None and f.frame_index == key_frame.index]
     return render_template(
         "upload/result.html", analysis=analysis, key_frame=key_frame, key_faces=key_faces,
-        dispute_form=DisputeForm(formdata=None), is_owner=analysis.user_id == current_user.id,
+        dispute_form=DisputeForm(formdata=None), consent_form=GameConsentForm(formdata=None),
+        is_owner=analysis.user_id == current_user.id,
     )
 
 
@@ -138,6 +139,24 @@ def dispute(analysis_id: int):
             for error in errors:
                 flash(error, "error")
     return redirect(url_for("upload.result", analysis_id=analysis.id))
+
+
+@bp.route("/analyses/<int:analysis_id>/game-consent", methods=["POST"])
+@login_required
+def game_consent(analysis_id: int):
+    """Only the owner decides whether their faces may appear in the game (an admin cannot do it for
+    them); withdrawing takes them out of the game at once, since the game checks it on every deal."""
+    analysis = own_analysis(analysis_id)
+    form = GameConsentForm()
+    if not form.validate_on_submit() or form.allow.data == form.withdraw.data:
+        abort(400)
+    analysis.game_consent = bool(form.allow.data)
+    db.session.commit()
+    if analysis.game_consent:
+        flash("Thank you. If an admin also picks this analysis, its faces may appear in the game.", "success")
+    else:
+        flash("Consent withdrawn: the faces of this analysis are no longer used in the game.", "success")
+    return redirect(url_for("upload.result", analysis_id=analysis.id) + "#game-consent")
 
 
 def _private_file(path, mimetype, download_name=None):
