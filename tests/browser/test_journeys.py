@@ -106,6 +106,14 @@ def test_image_journey_from_upload_to_review_decision_and_game(new_page, media):
     with owner.expect_navigation():
         owner.get_by_role("button", name="Ask for a human review").click()
     expect(owner.get_by_text("An admin will review this analysis").first).to_be_visible()
+    # The owner allows the faces in the game (an admin's pick alone is not enough).
+    consent = owner.locator("#game-consent")
+    assert "You can withdraw at any time." in consent.inner_text()
+    with owner.expect_navigation():
+        consent.get_by_role("button", name="Allow in the game").click()
+    expect(owner.locator("#game-consent").get_by_text("You allow it.")).to_be_visible()
+    expect(owner.locator("#game-consent").get_by_role("button", name="Withdraw consent")).to_be_visible()
+    check_accessibility(owner)
 
     # An admin signs in, finds it in the queue and decides; the face becomes game material.
     admin = new_page()
@@ -117,6 +125,7 @@ def test_image_journey_from_upload_to_review_decision_and_game(new_page, media):
     admin.get_by_role("link", name="astronaut.jpg").first.click()
     admin.wait_for_url(re.compile(r"/admin/analyses/\d+$"))
     expect(admin.get_by_text("This is a NASA portrait, not a fake.").first).to_be_visible()
+    expect(admin.locator("#owner-game-consent")).to_contain_text("the owner allows its faces")
     admin.get_by_label("Actually real").check()
     admin.get_by_label("Usable for the “beat the model” game").check()
     admin.get_by_label("Note (shown to the owner)").fill("Known public-domain photo.")
