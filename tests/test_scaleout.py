@@ -379,7 +379,7 @@ def _get_json(url: str, token: str | None = None) -> tuple[int, dict]:
 
 @pytest.mark.skipif(not MODEL_FILE.exists(), reason=f"no trained model at {MODEL_FILE} yet")
 def test_the_documented_scale_out_topology_end_to_end(rq_setup, tmp_path):
-    """docs/scaling.md, command by command: PostgreSQL + Redis + a shared upload folder,
+    """The README's "Scaling out" section, command by command: PostgreSQL + Redis + a shared upload folder,
     `flask db upgrade`, an account and an API token from the CLI, two `flask --app app worker`
     processes, gunicorn with two web workers; an API upload ends `done`."""
     import io

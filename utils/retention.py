@@ -2,7 +2,7 @@
 thumbnails, face crops, heatmaps: pictures of people's faces) are deleted; the verdict, scores, boxes
 and reviews stay, so history, exports and the review record keep working.
 
-Run it from cron or a systemd timer: `flask --app app purge-media` (see docs/security.md).
+Run it from cron or a systemd timer: `flask --app app purge-media` (see "Retention" in the README).
 """
 from __future__ import annotations
 

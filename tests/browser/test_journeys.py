@@ -214,7 +214,7 @@ def test_upload_form_by_keyboard_alone(new_page, media):
     assert focus["tag"] == "BUTTON" or focus["type"] == "submit"
     screenshot(page, "keyboard-submit", full_page=False)
     page.keyboard.press("Enter")
-    page.wait_for_url(re.compile(r"/analyses/\d+$"))
+    page.wait_for_url(re.compile(r"/analyses/\d+$"), timeout=60_000)  # upload + redirect on a busy CPU
     wait_until_finished(page)
     assert "No face found" in page.locator("#summary").inner_text()
     assert "No face was found, so there is no verdict" in page.locator("#meaning").inner_text()
