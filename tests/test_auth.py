@@ -265,3 +265,10 @@ def test_delete_account_removes_analyses_files_and_tokens(app, client, auth, use
         assert db.session.scalars(db.select(Analysis.user_id)).all() == [other_user]
         assert db.session.scalar(db.select(db.func.count(ApiToken.id))) == 0
     assert not signed_in(client)
+
+
+def test_account_page_has_a_plain_title_and_one_delete_form(client, auth, user):
+    auth.login("user@example.com")
+    html = client.get("/account").get_data(as_text=True)
+    assert "<title>Account · Deepfake check</title>" in html
+    assert html.count('id="delete-account"') == 1
