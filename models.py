@@ -138,6 +138,8 @@ class Analysis(db.Model):
     media_purged_at: Mapped[datetime | None]
     # Faces are personal data: the game shows them only if the owner opted in (and may withdraw).
     game_consent: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Likewise for retraining: `flask export-reviewed` exports only analyses whose owner opted in.
+    training_consent: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     user: Mapped[User] = relationship(back_populates="analyses", foreign_keys=[user_id])
     faces: Mapped[list[FaceResult]] = relationship(

@@ -134,6 +134,12 @@ ACCESS: dict[tuple[str, str], Case] = {
         data=lambda: {"allow": "Allow in the game"},
         changed=lambda w, app: _analysis(w, app).game_consent,
         unchanged=lambda w, app: not _analysis(w, app).game_consent),
+    # So is consent to retrain the model on one's upload.
+    ("upload.training_consent", "POST"): Case(
+        "/analyses/{analysis}/training-consent", {"anonymous": "login", "A": 302, "B": 404, "admin": 404},
+        data=lambda: {"allow": "Allow for training"},
+        changed=lambda w, app: _analysis(w, app).training_consent,
+        unchanged=lambda w, app: not _analysis(w, app).training_consent),
     ("history.index", "GET"): Case("/history", ANY_SIGNED_IN, hidden_from_b=True),
     ("history.export_csv", "GET"): Case("/history/export.csv", ANY_SIGNED_IN, hidden_from_b=True),
     ("history.export_json", "GET"): Case("/history/export.json", ANY_SIGNED_IN, hidden_from_b=True),

@@ -446,15 +446,18 @@ def test_export_reviewed_writes_a_training_folder(app, runner, user, other_user,
     from utils.dataset import discover_samples
 
     fake_id = evidence(user, faces=[(0, 0, 90, 90, 0.9, 0), (100, 0, 90, 90, 0.8, 0)], review=("fake", False),
-                       sha256="a" * 64)
-    evidence(user, review=("real", True), sha256="b" * 64)
-    evidence(other_user, review=("real", True), sha256="b" * 64)  # same file, another owner: exported once
-    evidence(user, review=("cannot_tell", True), sha256="c" * 64)
-    evidence(user, sha256="d" * 64)  # not reviewed
+                       sha256="a" * 64, training_consent=True)
+    evidence(user, review=("real", True), sha256="b" * 64, training_consent=True)
+    evidence(other_user, review=("real", True), sha256="b" * 64,  # same file, another owner: exported once
+             training_consent=True)
+    evidence(user, review=("cannot_tell", True), sha256="c" * 64, training_consent=True)
+    evidence(user, sha256="d" * 64, training_consent=True)  # not reviewed
+    evidence(other_user, review=("fake", True), sha256="e" * 64, game_consent=True)  # no training consent
     out = tmp_path / "reviewed"
     result = runner.invoke(args=["export-reviewed", str(out)])
     assert result.exit_code == 0, result.output
     assert "wrote 1 real and 2 fake face crops from 2 reviewed analyses" in result.output
+    assert "skipped 1 decided analyses whose owner has not allowed training" in result.output
     assert sorted(p.name for p in (out / "fake").iterdir()) == ["aaaaaaaaaaaaaaaa-000.jpg", "aaaaaaaaaaaaaaaa-001.jpg"]
     assert [p.name for p in (out / "real").iterdir()] == ["bbbbbbbbbbbbbbbb-000.jpg"]
     with app.app_context():
@@ -464,6 +467,7 @@ def test_export_reviewed_writes_a_training_folder(app, runner, user, other_user,
     manifest = json.loads((out / "reviewed.json").read_text())
     assert manifest["faces"] == {"real": 1, "fake": 2} and manifest["analyses"] == 2
     assert manifest["duplicates_skipped"] == 1 and manifest["source"] == "reviewed"
+    assert manifest["skipped_without_consent"] == 1 and "training_consent" in manifest["note"]
     with open(out / "groups.csv", newline="") as fh:
         groups = {row["file"]: row["group"] for row in csv.DictReader(fh)}
     assert groups["fake/aaaaaaaaaaaaaaaa-001.jpg"] == groups["fake/aaaaaaaaaaaaaaaa-000.jpg"]
@@ -484,3 +488,99 @@ def test_export_reviewed_refuses_an_unrelated_folder_and_says_when_empty(runner,
     assert result.exit_code != 0 and "not empty" in result.output and (busy / "thesis.txt").exists()
     result = runner.invoke(args=["export-reviewed", str(tmp_path / "fresh")])
     assert result.exit_code == 0 and "Nothing to export yet" in result.output
+
+
+def test_export_reviewed_takes_only_uploads_whose_owner_allowed_training(app, client, auth, runner, user,
+                                                                         other_user, evidence, tmp_path):
+    allowed = evidence(user, review=("fake", False), sha256="a" * 64, training_consent=True)
+    evidence(user, review=("real", False), sha256="b" * 64)  # decided, but the owner never allowed it
+    # The same file from two owners: only the one who allowed it is exported, from their own crops.
+    evidence(user, review=("real", False), sha256="c" * 64)
+    shared = evidence(other_user, review=("real", False), sha256="c" * 64, training_consent=True)
+    out = tmp_path / "reviewed"
+    result = runner.invoke(args=["export-reviewed", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "wrote 1 real and 1 fake face crops from 2 reviewed analyses" in result.output
+    assert "skipped 2 decided analyses whose owner has not allowed training" in result.output
+    assert [p.name for p in (out / "real").iterdir()] == ["cccccccccccccccc-000.jpg"]
+    with app.app_context():
+        from utils import storage
+        assert (out / "real" / "cccccccccccccccc-000.jpg").read_bytes() == storage.derived_path(
+            shared, "face-000.jpg").read_bytes()
+    assert json.loads((out / "reviewed.json").read_text())["skipped_without_consent"] == 2
+    # Withdrawn through the result page: the next export leaves the upload out (and drops its crops here).
+    auth.login()
+    response = client.post(f"/analyses/{allowed}/training-consent", data={"withdraw": "Withdraw consent"})
+    assert response.status_code == 302 and not training_consent_of(app, allowed)
+    result = runner.invoke(args=["export-reviewed", str(out)])
+    assert "wrote 1 real and 0 fake face crops from 1 reviewed analyses" in result.output
+    assert "skipped 3 decided analyses" in result.output and list((out / "fake").iterdir()) == []
+
+
+def test_export_reviewed_says_when_no_owner_allowed_training(runner, user, evidence, tmp_path):
+    evidence(user, review=("fake", True), game_consent=True)
+    result = runner.invoke(args=["export-reviewed", str(tmp_path / "reviewed")])
+    assert result.exit_code == 0 and "skipped 1 decided analyses" in result.output
+    assert "no owner of a decided analysis has allowed training" in result.output
+
+
+# --------------------------------------------------------------------------- training consent
+
+def training_consent_of(app, analysis_id: int) -> bool:
+    with app.app_context():
+        return db.session.get(Analysis, analysis_id).training_consent
+
+
+def test_owner_allows_and_withdraws_training_on_the_result_page(app, client, auth, user, admin_user, evidence):
+    analysis_id = evidence(user)
+    auth.login()
+    html = client.get(f"/analyses/{analysis_id}").get_data(as_text=True)
+    assert 'id="training-consent"' in html and "Allow this upload to be used to improve the model" in html
+    assert f'action="/analyses/{analysis_id}/training-consent"' in html and 'value="Allow for training"' in html
+    assert "so this upload is never used for training" in html
+    response = client.post(f"/analyses/{analysis_id}/training-consent", data={"allow": "Allow for training"})
+    assert response.status_code == 302 and response.headers["Location"].endswith("#training-consent")
+    assert training_consent_of(app, analysis_id) and not consent_of(app, analysis_id)  # the game is separate
+    html = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "its face crops may be used to improve the model" in html
+    assert "You allow it." in html and 'value="Withdraw consent"' in html and 'id="training-withdraw"' in html
+    response = client.post(f"/analyses/{analysis_id}/training-consent", data={"withdraw": "Withdraw consent"})
+    assert not training_consent_of(app, analysis_id)
+    html = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "left out of future training data" in html and "cannot be recalled" in html
+    assert "so this upload is never used for training" in html
+    auth.logout()
+    auth.login("admin@example.com")
+    assert "training-consent" not in client.get(f"/analyses/{analysis_id}").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("who", ["other@example.com", "admin@example.com", None])
+def test_only_the_owner_may_allow_training(app, client, auth, user, other_user, admin_user, evidence, who):
+    analysis_id = evidence(user, review=("fake", True))
+    if who:
+        auth.login(who)
+    response = client.post(f"/analyses/{analysis_id}/training-consent", data={"allow": "Allow for training"})
+    assert response.status_code == 404 if who else "/login" in response.headers["Location"]
+    assert not training_consent_of(app, analysis_id)
+
+
+@pytest.mark.csrf
+def test_training_consent_is_csrf_protected(app, client, auth, user, evidence):
+    analysis_id = evidence(user, review=("fake", True))
+    auth.login()
+    page = client.get(f"/analyses/{analysis_id}").get_data(as_text=True)
+    assert client.post(f"/analyses/{analysis_id}/training-consent",
+                       data={"allow": "Allow for training"}).status_code == 400
+    assert not training_consent_of(app, analysis_id)
+    response = client.post(f"/analyses/{analysis_id}/training-consent",
+                           data={"allow": "Allow for training", "csrf_token": csrf_token_from(page)})
+    assert response.status_code == 302 and training_consent_of(app, analysis_id)
+
+
+def test_training_consent_needs_a_clear_choice(app, client, auth, user, evidence):
+    analysis_id = evidence(user, review=("fake", True))
+    auth.login()
+    assert client.post(f"/analyses/{analysis_id}/training-consent", data={}).status_code == 400
+    both = {"allow": "Allow for training", "withdraw": "Withdraw consent"}
+    assert client.post(f"/analyses/{analysis_id}/training-consent", data=both).status_code == 400
+    assert not training_consent_of(app, analysis_id)

@@ -1,7 +1,7 @@
-"""Close the loop: uploads an admin decided ("confirmed fake" / "actually real") become a training
-folder DIR/{real,fake} that `flask train --data DIR` reads, with a groups.csv (all faces of one
-file share a group, so they never straddle the train/validation split) and reviewed.json (what
-was exported; the trainer copies it into the model card as `reviewed_data`)."""
+"""Close the loop: uploads an admin decided ("confirmed fake" / "actually real") and whose owner allowed
+training become a folder DIR/{real,fake} that `flask train --data DIR` reads, with a groups.csv (all
+faces of one file share a group, so they never straddle the train/validation split) and reviewed.json
+(what was exported; the trainer copies it into the model card as `reviewed_data`)."""
 from __future__ import annotations
 
 import csv
@@ -25,14 +25,16 @@ class ExportSummary:
     analyses: int = 0
     faces: dict[str, int] = field(default_factory=lambda: {"real": 0, "fake": 0})
     skipped_missing_crops: int = 0
+    skipped_without_consent: int = 0  # decided analyses whose owner has not allowed training
     duplicates_skipped: int = 0
     decisions_up_to: str | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["source"] = "reviewed"
-        data["note"] = ("Face crops (the model's own framing) of uploads decided by admins; the decision is per "
-                        "file, so every face of a file carries its label.")
+        data["note"] = ("Face crops (the model's own framing) of uploads decided by admins, only from analyses "
+                        "whose owner allowed training (Analysis.training_consent); the decision is per file, so "
+                        "every face of a file carries its label.")
         return data
 
 
@@ -49,7 +51,8 @@ def decided_analyses():
 
 def export_reviewed(out_dir: str | Path) -> ExportSummary:
     """Write DIR/real/*.jpg, DIR/fake/*.jpg, DIR/groups.csv and DIR/reviewed.json. The folder must be
-    new or an earlier export (its real/ and fake/ are replaced), never an unrelated folder."""
+    new or an earlier export (its real/ and fake/ are replaced, so crops whose owner has withdrawn
+    consent since leave it), never an unrelated folder."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise ExportError(f"{out} is not empty and is not an earlier export; choose a new folder.")
@@ -60,6 +63,9 @@ def export_reviewed(out_dir: str | Path) -> ExportSummary:
     seen_files: set[str] = set()
     rows = []
     for analysis in db.session.scalars(decided_analyses()):
+        if not analysis.training_consent:  # faces are personal data: the owner decides, not the admin
+            summary.skipped_without_consent += 1
+            continue
         if analysis.sha256 in seen_files:  # the same file uploaded by several people: once is enough
             summary.duplicates_skipped += 1
             continue
@@ -95,16 +101,20 @@ def register(app) -> None:
     @click.argument("out_dir", type=click.Path(file_okay=False))
     @with_appcontext
     def export_reviewed_command(out_dir):
-        """Write admin-decided uploads (confirmed fake / actually real) as DIR/{real,fake} face crops
-        for `flask train --data DIR`."""
+        """Write admin-decided uploads (confirmed fake / actually real) whose owner allowed training as
+        DIR/{real,fake} face crops for `flask train --data DIR`."""
         try:
             summary = export_reviewed(out_dir)
         except ExportError as exc:
             raise click.ClickException(str(exc))
         click.echo(f"wrote {summary.faces['real']} real and {summary.faces['fake']} fake face crops "
                    f"from {summary.analyses} reviewed analyses to {summary.folder}")
+        click.echo(f"skipped {summary.skipped_without_consent} decided analyses whose owner has not allowed "
+                   "training")
         if summary.skipped_missing_crops:
             click.echo(f"{summary.skipped_missing_crops} faces had no crop on disk and were skipped.", err=True)
-        if not summary.analyses:
+        if not summary.analyses and summary.skipped_without_consent:
+            click.echo("Nothing to export yet: no owner of a decided analysis has allowed training.", err=True)
+        elif not summary.analyses:
             click.echo("Nothing to export yet: no analysis has a 'confirmed fake' or 'actually real' decision.",
                        err=True)

@@ -25,3 +25,10 @@ class GameConsentForm(FlaskForm):
 
     allow = SubmitField("Allow in the game")
     withdraw = SubmitField("Withdraw consent")
+
+
+class TrainingConsentForm(FlaskForm):
+    """The owner's yes or no to retraining the model on this upload; two buttons, as for the game."""
+
+    allow = SubmitField("Allow for training")
+    withdraw = SubmitField("Withdraw consent")

@@ -8,7 +8,7 @@ from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, rend
 from flask_login import current_user, login_required
 
 from blueprints.access import analysis_for_viewer, own_analysis
-from blueprints.upload.forms import DisputeForm, GameConsentForm, UploadForm
+from blueprints.upload.forms import DisputeForm, GameConsentForm, TrainingConsentForm, UploadForm
 from blueprints.upload.service import UploadRejected, accept_upload, display_name
 from extensions import db, limiter
 from models import utcnow
@@ -97,6 +97,7 @@ def result(analysis_id: int):
     return render_template(
         "upload/result.html", analysis=analysis, key_frame=key_frame, key_faces=key_faces,
         dispute_form=DisputeForm(formdata=None), consent_form=GameConsentForm(formdata=None),
+        training_form=TrainingConsentForm(formdata=None),
         is_owner=analysis.user_id == current_user.id,
     )
 
@@ -146,17 +147,34 @@ def dispute(analysis_id: int):
 def game_consent(analysis_id: int):
     """Only the owner decides whether their faces may appear in the game (an admin cannot do it for
     them); withdrawing takes them out of the game at once, since the game checks it on every deal."""
+    return _record_consent(
+        analysis_id, GameConsentForm(), "game_consent", "#game-consent",
+        given="Thank you. If an admin also picks this analysis, its faces may appear in the game.",
+        withdrawn="Consent withdrawn: the faces of this analysis are no longer used in the game.")
+
+
+@bp.route("/analyses/<int:analysis_id>/training-consent", methods=["POST"])
+@login_required
+def training_consent(analysis_id: int):
+    """Only the owner decides whether their upload may be used to retrain the model (an admin cannot
+    do it for them); `flask export-reviewed` reads it at every export."""
+    return _record_consent(
+        analysis_id, TrainingConsentForm(), "training_consent", "#training-consent",
+        given="Thank you. If an admin confirms this analysis as fake or real, its face crops may be used "
+              "to improve the model.",
+        withdrawn="Consent withdrawn: this upload will be left out of future training data. Face crops "
+                  "already exported for training, or already learned by a model, cannot be recalled.")
+
+
+def _record_consent(analysis_id: int, form, attribute: str, anchor: str, *, given: str, withdrawn: str):
+    """The owner's explicit allow or withdraw (exactly one of the two buttons), stored on the analysis."""
     analysis = own_analysis(analysis_id)
-    form = GameConsentForm()
     if not form.validate_on_submit() or form.allow.data == form.withdraw.data:
         abort(400)
-    analysis.game_consent = bool(form.allow.data)
+    setattr(analysis, attribute, bool(form.allow.data))
     db.session.commit()
-    if analysis.game_consent:
-        flash("Thank you. If an admin also picks this analysis, its faces may appear in the game.", "success")
-    else:
-        flash("Consent withdrawn: the faces of this analysis are no longer used in the game.", "success")
-    return redirect(url_for("upload.result", analysis_id=analysis.id) + "#game-consent")
+    flash(given if form.allow.data else withdrawn, "success")
+    return redirect(url_for("upload.result", analysis_id=analysis.id) + anchor)
 
 
 def _private_file(path, mimetype, download_name=None):
