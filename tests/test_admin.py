@@ -100,3 +100,15 @@ def test_admin_may_open_any_result_and_its_media(client, auth, admin_user, flagg
     assert client.get(f"/analyses/{flagged['not_flagged']}").status_code == 200
     assert client.get(f"/admin/analyses/{flagged['not_flagged']}").status_code == 200
     assert client.get("/admin/analyses/99999").status_code == 404
+
+
+def test_detail_says_whether_the_owner_allows_training(client, auth, admin_user, user, make_analysis):
+    """The reviewer sees whether a decision will feed export-reviewed before making it."""
+    allowed = make_analysis(user, verdict="fake", flagged=True, flag_reason="auto", training_consent=True)
+    refused = make_analysis(user, verdict="fake", flagged=True, flag_reason="auto")
+    auth.login("admin@example.com")
+    allowed_html = client.get(f"/admin/analyses/{allowed}").get_data(as_text=True)
+    refused_html = client.get(f"/admin/analyses/{refused}").get_data(as_text=True)
+    assert "the owner allows this upload to be used to improve the model" in allowed_html
+    assert "has not allowed this upload to be used for training" in refused_html
+    assert "has not allowed" not in allowed_html.split('id="owner-training-consent"')[1].split("</p>")[0]
