@@ -2,23 +2,34 @@
 status polls and uploads from concurrent signed-in clients; then a check that no upload was lost.
 
 What it does
-1. Seeds a scratch SQLite database: --users accounts (one per client), each with --analyses
+1. Seeds a scratch SQLite database: --clients accounts (one per client), each with --analyses
    finished analyses (images and videos with frames, faces and thumbnails) and an API token.
-2. Starts `gunicorn -c gunicorn.conf.py` (WEB_CONCURRENCY=2, in-process job runner, so analyses of
-   the uploads run in the web workers, as in the default single-machine set-up). Rate limits stay on
-   but are raised far above the offered load, so the limiter's cost is measured, not its refusals.
+2. Starts `gunicorn -c gunicorn.conf.py` (WEB_CONCURRENCY=2) with one of two job runners:
+     --runner thread  (default) the in-process runner: analyses of the uploads run in the web
+                      workers (JOB_WORKERS=1 thread each, at JOB_THREAD_NICENESS), as in the default
+                      single-machine set-up
+     --runner rq      REDIS_URL on a spare Redis database (--redis-url, flushed at start and end) and
+                      --rq-workers `flask --app app worker` processes started by this script under
+                      `nice -n 19` (--worker-niceness): the scale-out set-up with the workers on the
+                      same machine at low priority; the web workers never run an analysis
+   Rate limits stay on (in memory, for both runners) but are raised far above the offered load, so
+   the limiter's cost is measured, not its refusals.
 3. Phases, each with --clients threads (one account each, keep-alive connections):
      baseline  GET /static/style.css (what the server costs with no app work): the ratio's base
      mixed     --seconds of: history pages 40 %, result pages 30 %, API status polls 25 %,
                API uploads 5 % (small JPEGs, some with a face, so TensorFlow runs too)
      history   --history-seconds of history pages only (the >= 200 req/s target)
    A --warmup of the mixed load runs first and is not counted (first TensorFlow load per worker).
-4. Waits up to --drain-seconds for every accepted upload to end `done` or `failed`.
+4. Waits up to --drain-seconds for every accepted upload to end `done` or `failed` (asked through
+   the API, so the check is the same for both runners).
+5. Stops gunicorn and the RQ workers (also on Ctrl+C, SIGTERM or an error): SIGTERM, then SIGKILL
+   for anything left in their process groups, so no process outlives the script.
 
 Prints requests/s, p50 / p99 latency and errors per kind, and the targets: >= 200 req/s on history
 pages, p99 <= 100 ms for page views, 0 errors, 0 lost uploads.
 
 Usage: .venv/bin/python benchmarks/load_test.py [--seconds 60] [--clients 8] [--history-seconds 20]
+                                                [--runner thread|rq] [--rq-workers 1]
 """
 from __future__ import annotations
 
@@ -27,6 +38,7 @@ import io
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 PASSWORD = "load test password"
 MIX = (("history", 40), ("result", 30), ("status", 25), ("upload", 5))
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"  # a database number nothing else here uses
 PAGE_KINDS = ("history", "result")
 
 
@@ -118,20 +131,119 @@ def _jpeg(seed: int, size=(64, 48), face=False) -> bytes:
     return buffer.getvalue()
 
 
-def start_server(env: dict, port: int, log: Path) -> subprocess.Popen:
-    server = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"], cwd=ROOT,
-                              env={**os.environ, **env, "PORT": str(port), "WEB_CONCURRENCY": "2",
-                                   "LOG_LEVEL": "warning"},
-                              stdout=log.open("wb"), stderr=subprocess.STDOUT)
+def app_env(args, scratch: Path) -> dict:
+    """The environment of every process the script starts (and of its own seeding)."""
+    env = {
+        "SECRET_KEY": "load-test-secret", "APP_ENV": "development",
+        "DATABASE_URL": f"sqlite:///{scratch / 'app.db'}",
+        "UPLOAD_FOLDER": str(scratch / "uploads"), "DERIVED_FOLDER": str(scratch / "derived"),
+        "REDIS_URL": "", "JOB_RUNNER": "thread", "JOB_WORKERS": "1",
+        "RATELIMIT_STORAGE_URI": "memory://",
+        "RATELIMIT_SIGNIN": "100000 per minute", "RATELIMIT_REGISTER": "100000 per minute",
+        "RATELIMIT_UPLOAD": "100000 per minute", "RATELIMIT_API": "100000 per minute",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    if args.thread_niceness is not None:
+        env["JOB_THREAD_NICENESS"] = str(args.thread_niceness)
+    if args.runner == "rq":
+        env.update({"REDIS_URL": args.redis_url, "JOB_RUNNER": "rq", "JOB_QUEUE": "analyses"})
+    return env
+
+
+def worker_command(niceness: int, index: int) -> list[str]:
+    return ["nice", "-n", str(niceness), str(BIN / "flask"), "--app", "app", "worker",
+            "--name", f"load-test-{os.getpid()}-{index}"]
+
+
+def reset_redis(url: str) -> None:
+    """Empty the load test's own Redis database (queue, job records, worker registrations)."""
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    try:
+        connection = Redis.from_url(url, socket_connect_timeout=3)
+        connection.flushdb()
+        connection.close()
+    except RedisError as exc:
+        raise SystemExit(f"--runner rq needs Redis at {url}: {exc}")
+
+
+def start_workers(env: dict, count: int, niceness: int, scratch: Path, workers: list) -> None:
+    """Appends each worker to `workers` as soon as it exists, so an interrupt stops it too."""
+    for i in range(count):
+        with (scratch / f"worker-{i}.log").open("wb") as log:
+            workers.append(subprocess.Popen(worker_command(niceness, i), cwd=ROOT, env={**os.environ, **env},
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+
+def wait_for_workers(url: str, queue_name: str, workers: list[subprocess.Popen], seconds: float) -> None:
+    """Until every worker has loaded the model and registered on the queue (its first analysis
+    then costs no model load, as after the web workers' warm-up with the in-process runner)."""
+    from redis import Redis
+    from rq import Queue, Worker
+
+    connection = Redis.from_url(url, socket_connect_timeout=3)
+    queue = Queue(queue_name, connection=connection)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            if any(w.poll() is not None for w in workers):
+                raise SystemExit("an RQ worker exited during start-up; see worker-*.log in the scratch folder")
+            if Worker.count(queue=queue) >= len(workers):
+                return
+            time.sleep(0.5)
+        raise SystemExit(f"the RQ workers did not register within {seconds:.0f} s")
+    finally:
+        connection.close()
+
+
+def start_server(env: dict, port: int, log: Path, servers: list) -> None:
+    """Appends gunicorn to `servers` as soon as it exists, then waits until it answers."""
+    with log.open("wb") as output:
+        server = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"], cwd=ROOT,
+                                  env={**os.environ, **env, "PORT": str(port), "WEB_CONCURRENCY": "2",
+                                       "LOG_LEVEL": "warning"},
+                                  stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    servers.append(server)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"gunicorn exited at start-up; see {log}")
         try:
             if requests.get(f"http://127.0.0.1:{port}/static/style.css", timeout=2).status_code == 200:
-                return server
+                return
         except requests.RequestException:
             time.sleep(0.3)
-    server.kill()
     raise SystemExit(f"gunicorn did not start; see {log}")
+
+
+def stop(process: subprocess.Popen, name: str, grace: float) -> None:
+    """SIGTERM (gunicorn: graceful stop; RQ worker: finish the current job), a second SIGTERM
+    after `grace` seconds (RQ: hand the job back), SIGKILL after that; then SIGKILL whatever is
+    left in its process group (each was started in a session of its own: web workers, decoding
+    fork servers, resource trackers), so nothing outlives the script."""
+    steps = (("SIGTERM", signal.SIGTERM, grace), ("a second SIGTERM", signal.SIGTERM, 10),
+             ("SIGKILL", signal.SIGKILL, 10))
+    for label, sig, wait in steps:
+        if process.poll() is not None:
+            break
+        try:
+            process.send_signal(sig)
+            process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            print(f"  {name} (pid {process.pid}) still running {wait:.0f} s after {label}", flush=True)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)  # anything left in the group?
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+        print(f"  killed processes left in the group of {name} (pid {process.pid})", flush=True)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 # ---------------------------------------------------------------- clients
@@ -214,7 +326,8 @@ def run_phase(clients: list[Client], seconds: float, mix, results: Results | Non
             if results is not None:
                 results.record(kind, time.perf_counter() - started, error)
 
-    threads = [threading.Thread(target=loop, args=(c,)) for c in clients]
+    # Daemon threads: a Ctrl+C stops the script (and its servers) without waiting out the phase.
+    threads = [threading.Thread(target=loop, args=(c,), daemon=True) for c in clients]
     began = time.monotonic()
     for t in threads:
         t.start()
@@ -272,7 +385,7 @@ def table(title: str, results: Results, elapsed: float, kinds) -> dict[str, floa
     return rates
 
 
-def main() -> int:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60, help="length of the mixed phase")
     parser.add_argument("--history-seconds", type=float, default=20, help="length of the history-only phase")
@@ -282,26 +395,54 @@ def main() -> int:
     parser.add_argument("--analyses", type=int, default=200, help="finished analyses per account")
     parser.add_argument("--drain-seconds", type=float, default=180)
     parser.add_argument("--port", type=int, default=8765)
-    args = parser.parse_args()
+    parser.add_argument("--runner", choices=("thread", "rq"), default="thread",
+                        help="thread: analyses in the web workers (default); rq: on RQ worker processes")
+    parser.add_argument("--rq-workers", type=int, default=1, help="RQ worker processes (--runner rq)")
+    parser.add_argument("--worker-niceness", type=int, default=19,
+                        help="`nice -n` of the RQ workers (--runner rq; default 19)")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
+                        help="a Redis database of its own: flushed at start and end (--runner rq)")
+    parser.add_argument("--thread-niceness", type=int, default=None,
+                        help="JOB_THREAD_NICENESS for the in-process runner (default: the app's, 5)")
+    return parser
 
+
+def runner_line(args, env: dict) -> str:
+    if args.runner == "rq":
+        return (f"runner: rq ({args.rq_workers} `flask --app app worker` process"
+                f"{'es' if args.rq_workers != 1 else ''} under nice -n {args.worker_niceness}, "
+                f"Redis {args.redis_url}; the web workers run no analysis)")
+    niceness = env.get("JOB_THREAD_NICENESS") or os.environ.get("JOB_THREAD_NICENESS") or "5 (the app's default)"
+    return (f"runner: thread (in-process: JOB_WORKERS={env['JOB_WORKERS']} thread per web worker, "
+            f"JOB_THREAD_NICENESS {niceness})")
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM: leave through the same clean-up as Ctrl+C
+
+
+def main() -> int:
+    args = arguments().parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # each table as it is done, also through `| tee`
+    signal.signal(signal.SIGTERM, _interrupted)
     scratch = Path(tempfile.mkdtemp(prefix="load-test-"))
-    env = {
-        "SECRET_KEY": "load-test-secret", "APP_ENV": "development",
-        "DATABASE_URL": f"sqlite:///{scratch / 'app.db'}",
-        "UPLOAD_FOLDER": str(scratch / "uploads"), "DERIVED_FOLDER": str(scratch / "derived"),
-        "REDIS_URL": "", "JOB_WORKERS": "1",
-        "RATELIMIT_STORAGE_URI": "memory://",
-        "RATELIMIT_SIGNIN": "100000 per minute", "RATELIMIT_REGISTER": "100000 per minute",
-        "RATELIMIT_UPLOAD": "100000 per minute", "RATELIMIT_API": "100000 per minute",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
+    env = app_env(args, scratch)
+    if args.runner == "rq":
+        reset_redis(args.redis_url)
     print(f"seeding {args.clients} accounts x {args.analyses} analyses in {scratch} ...", flush=True)
     accounts = seed(env, args.clients, args.analyses)
     log = scratch / "gunicorn.log"
-    server = start_server(env, args.port, log)
     base = f"http://127.0.0.1:{args.port}"
+    servers: list[subprocess.Popen] = []
+    workers: list[subprocess.Popen] = []
     try:
+        if args.runner == "rq":
+            start_workers(env, args.rq_workers, args.worker_niceness, scratch, workers)
+        start_server(env, args.port, log, servers)
+        if workers:
+            wait_for_workers(args.redis_url, env["JOB_QUEUE"], workers, 300)
         clients = [Client(base, account, random.Random(i)) for i, account in enumerate(accounts)]
+        print(runner_line(args, env), flush=True)
         print(f"gunicorn: 2 workers on {base}; {args.clients} concurrent clients; "
               f"{os.cpu_count()} CPU cores; load average before: {os.getloadavg()[0]:.1f}", flush=True)
 
@@ -343,13 +484,27 @@ def main() -> int:
         print(f"  history throughput is {history_rate / base_rate:.2f}x the static-file baseline "
               f"({base_rate:.0f} req/s) of this run; mixed total {sum(rates.values()):.0f} req/s")
         return 0 if all(ok for _, ok, _ in checks) else 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping the servers ...", flush=True)
+        return 130
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        print(f"(server log: {log})")
+        # A second Ctrl+C must not cut the clean-up short and leave servers behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for server in servers:
+            stop(server, "gunicorn", 35)
+        # All at once, so no worker takes more jobs while another one is being stopped.
+        stoppers = [threading.Thread(target=stop, args=(w, "RQ worker", 60)) for w in workers]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
+        if args.runner == "rq":
+            try:
+                reset_redis(args.redis_url)
+            except SystemExit as exc:
+                print(f"(could not empty the Redis database: {exc})")
+        print(f"(server log: {log}{'; worker logs: worker-*.log there' if workers else ''})")
 
 
 if __name__ == "__main__":
