@@ -336,9 +336,9 @@ def face_ids_of(app, analysis_id: int) -> set[int]:
         return set(db.session.scalars(db.select(FaceResult.id).filter_by(analysis_id=analysis_id)))
 
 
-def consent_of(app, analysis_id: int) -> bool:
+def consent_value(app, analysis_id: int, column: str) -> bool:
     with app.app_context():
-        return db.session.get(Analysis, analysis_id).game_consent
+        return getattr(db.session.get(Analysis, analysis_id), column)
 
 
 def dealt_faces(client, rounds: int) -> set[int]:
@@ -372,7 +372,7 @@ def test_withdrawing_consent_removes_the_faces_from_the_game_at_once(app, client
     html = client.get("/game").get_data(as_text=True)
     assert game_face_id(html) == face_id  # dealt, and the round is open
     response = client.post(f"/analyses/{analysis_id}/game-consent", data={"withdraw": "Withdraw consent"})
-    assert response.status_code == 302 and not consent_of(app, analysis_id)
+    assert response.status_code == 302 and not consent_value(app, analysis_id, "game_consent")
     assert "no longer used in the game" in client.get(response.headers["Location"]).get_data(as_text=True)
     assert client.get(f"/game/faces/{face_id}/crop.jpg").status_code == 404
     client.post("/game", data={"face_id": face_id, "fake": "Fake"})  # the open round no longer counts
@@ -380,7 +380,7 @@ def test_withdrawing_consent_removes_the_faces_from_the_game_at_once(app, client
     assert "No faces to play with yet" in client.get("/game").get_data(as_text=True)
     # Given again, the face is back.
     client.post(f"/analyses/{analysis_id}/game-consent", data={"allow": "Allow in the game"})
-    assert consent_of(app, analysis_id) and game_face_id(client.get("/game").get_data(as_text=True)) == face_id
+    assert consent_value(app, analysis_id, "game_consent") and game_face_id(client.get("/game").get_data(as_text=True)) == face_id
 
 
 def test_result_page_asks_the_owner_only_when_there_are_faces(app, client, auth, user, admin_user, evidence,
@@ -409,35 +409,43 @@ def test_admin_detail_says_when_the_owner_has_not_consented(client, auth, user, 
     assert "the owner has not allowed its faces" in client.get(f"/admin/analyses/{analysis_id}").get_data(as_text=True)
 
 
+# Both consents (the game, training) work alike: (route, the allow button, the column).
+CONSENTS = [("game-consent", {"allow": "Allow in the game"}, "game_consent"),
+            ("training-consent", {"allow": "Allow for training"}, "training_consent")]
+
+
+@pytest.mark.parametrize("route, allow, column", CONSENTS)
 @pytest.mark.parametrize("who", ["other@example.com", "admin@example.com", None])
 def test_only_the_owner_may_give_or_withdraw_consent(app, client, auth, user, other_user, admin_user, evidence,
-                                                     who):
+                                                     who, route, allow, column):
     analysis_id = evidence(user, review=("fake", True))
     if who:
         auth.login(who)
-    response = client.post(f"/analyses/{analysis_id}/game-consent", data={"allow": "Allow in the game"})
+    response = client.post(f"/analyses/{analysis_id}/{route}", data=allow)
     assert response.status_code == 404 if who else "/login" in response.headers["Location"]
-    assert not consent_of(app, analysis_id)
+    assert not consent_value(app, analysis_id, column)
 
 
 @pytest.mark.csrf
-def test_game_consent_is_csrf_protected(app, client, auth, user, evidence):
+@pytest.mark.parametrize("route, allow, column", CONSENTS)
+def test_consent_is_csrf_protected(app, client, auth, user, evidence, route, allow, column):
     analysis_id = evidence(user, review=("fake", True))
     auth.login()
     page = client.get(f"/analyses/{analysis_id}").get_data(as_text=True)
-    assert client.post(f"/analyses/{analysis_id}/game-consent",
-                       data={"allow": "Allow in the game"}).status_code == 400
-    assert not consent_of(app, analysis_id)
-    response = client.post(f"/analyses/{analysis_id}/game-consent",
-                           data={"allow": "Allow in the game", "csrf_token": csrf_token_from(page)})
-    assert response.status_code == 302 and consent_of(app, analysis_id)
+    assert client.post(f"/analyses/{analysis_id}/{route}", data=allow).status_code == 400
+    assert not consent_value(app, analysis_id, column)
+    response = client.post(f"/analyses/{analysis_id}/{route}", data={**allow, "csrf_token": csrf_token_from(page)})
+    assert response.status_code == 302 and consent_value(app, analysis_id, column)
 
 
-def test_game_consent_needs_a_clear_choice(app, client, auth, user, evidence):
+@pytest.mark.parametrize("route, allow, column", CONSENTS)
+def test_consent_needs_a_clear_choice(app, client, auth, user, evidence, route, allow, column):
     analysis_id = evidence(user, review=("fake", True))
     auth.login()
-    assert client.post(f"/analyses/{analysis_id}/game-consent", data={}).status_code == 400
-    assert not consent_of(app, analysis_id)
+    assert client.post(f"/analyses/{analysis_id}/{route}", data={}).status_code == 400
+    both = {**allow, "withdraw": "Withdraw consent"}
+    assert client.post(f"/analyses/{analysis_id}/{route}", data=both).status_code == 400
+    assert not consent_value(app, analysis_id, column)
 
 
 # --------------------------------------------------------------------------- export-reviewed
@@ -511,7 +519,7 @@ def test_export_reviewed_takes_only_uploads_whose_owner_allowed_training(app, cl
     # Withdrawn through the result page: the next export leaves the upload out (and drops its crops here).
     auth.login()
     response = client.post(f"/analyses/{allowed}/training-consent", data={"withdraw": "Withdraw consent"})
-    assert response.status_code == 302 and not training_consent_of(app, allowed)
+    assert response.status_code == 302 and not consent_value(app, allowed, "training_consent")
     result = runner.invoke(args=["export-reviewed", str(out)])
     assert "wrote 1 real and 0 fake face crops from 1 reviewed analyses" in result.output
     assert "skipped 3 decided analyses" in result.output and list((out / "fake").iterdir()) == []
@@ -526,11 +534,6 @@ def test_export_reviewed_says_when_no_owner_allowed_training(runner, user, evide
 
 # --------------------------------------------------------------------------- training consent
 
-def training_consent_of(app, analysis_id: int) -> bool:
-    with app.app_context():
-        return db.session.get(Analysis, analysis_id).training_consent
-
-
 def test_owner_allows_and_withdraws_training_on_the_result_page(app, client, auth, user, admin_user, evidence):
     analysis_id = evidence(user)
     auth.login()
@@ -540,47 +543,15 @@ def test_owner_allows_and_withdraws_training_on_the_result_page(app, client, aut
     assert "so this upload is never used for training" in html
     response = client.post(f"/analyses/{analysis_id}/training-consent", data={"allow": "Allow for training"})
     assert response.status_code == 302 and response.headers["Location"].endswith("#training-consent")
-    assert training_consent_of(app, analysis_id) and not consent_of(app, analysis_id)  # the game is separate
+    assert consent_value(app, analysis_id, "training_consent") and not consent_value(app, analysis_id, "game_consent")  # the game is separate
     html = client.get(response.headers["Location"]).get_data(as_text=True)
     assert "its face crops may be used to improve the model" in html
     assert "You allow it." in html and 'value="Withdraw consent"' in html and 'id="training-withdraw"' in html
     response = client.post(f"/analyses/{analysis_id}/training-consent", data={"withdraw": "Withdraw consent"})
-    assert not training_consent_of(app, analysis_id)
+    assert not consent_value(app, analysis_id, "training_consent")
     html = client.get(response.headers["Location"]).get_data(as_text=True)
     assert "left out of future training data" in html and "cannot be recalled" in html
     assert "so this upload is never used for training" in html
     auth.logout()
     auth.login("admin@example.com")
     assert "training-consent" not in client.get(f"/analyses/{analysis_id}").get_data(as_text=True)
-
-
-@pytest.mark.parametrize("who", ["other@example.com", "admin@example.com", None])
-def test_only_the_owner_may_allow_training(app, client, auth, user, other_user, admin_user, evidence, who):
-    analysis_id = evidence(user, review=("fake", True))
-    if who:
-        auth.login(who)
-    response = client.post(f"/analyses/{analysis_id}/training-consent", data={"allow": "Allow for training"})
-    assert response.status_code == 404 if who else "/login" in response.headers["Location"]
-    assert not training_consent_of(app, analysis_id)
-
-
-@pytest.mark.csrf
-def test_training_consent_is_csrf_protected(app, client, auth, user, evidence):
-    analysis_id = evidence(user, review=("fake", True))
-    auth.login()
-    page = client.get(f"/analyses/{analysis_id}").get_data(as_text=True)
-    assert client.post(f"/analyses/{analysis_id}/training-consent",
-                       data={"allow": "Allow for training"}).status_code == 400
-    assert not training_consent_of(app, analysis_id)
-    response = client.post(f"/analyses/{analysis_id}/training-consent",
-                           data={"allow": "Allow for training", "csrf_token": csrf_token_from(page)})
-    assert response.status_code == 302 and training_consent_of(app, analysis_id)
-
-
-def test_training_consent_needs_a_clear_choice(app, client, auth, user, evidence):
-    analysis_id = evidence(user, review=("fake", True))
-    auth.login()
-    assert client.post(f"/analyses/{analysis_id}/training-consent", data={}).status_code == 400
-    both = {"allow": "Allow for training", "withdraw": "Withdraw consent"}
-    assert client.post(f"/analyses/{analysis_id}/training-consent", data=both).status_code == 400
-    assert not training_consent_of(app, analysis_id)
