@@ -85,6 +85,14 @@ class MediaReport:
         }
 
 
+def _trim_malloc() -> None:
+    """Hand the decoding and scoring temporaries back to the OS (see utils.model.trim_malloc).
+    utils.model imports TensorFlow only inside Detector(), so importing it here is cheap."""
+    from utils.model import trim_malloc
+
+    trim_malloc()
+
+
 def media_limits_from_config(config) -> convert.MediaLimits:
     return convert.MediaLimits(
         image_max_pixels=config["IMAGE_MAX_PIXELS"],
@@ -154,6 +162,8 @@ def inspect_media(
                 image=frame.image,
             )
         )
+    del crops  # the stacked copy (each face keeps its own crop)
+    _trim_malloc()
     verdict = aggregate_faces(
         [(f.frame_index, f.person, f.score) for f in scored_faces],
         frames_sampled=len(media.frames),

@@ -7,6 +7,8 @@ Fusion), and holds the threshold and the uncertain band.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import threading
@@ -19,6 +21,53 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BATCH = 32
 LAST_CONV = "last_conv"
+
+
+# glibc malloc: requests at or above this size get their own mmap and go back to the OS on free.
+# glibc's default threshold is dynamic: each freed large block (a 2.7 MB 720p frame, a batch's
+# activations) raises it, up to 32 MB, after which such blocks come from the heap and stay resident
+# once freed (glibc cannot hand back the middle of a heap). Measured (benchmarks/bench_detector.py,
+# 2 CPUs): RSS 872 MB after one 30 s 720p video and 938 MB after three, vs 777 and 779 MB pinned
+# (loaded: 707 MB). Cost: fresh pages for each large buffer, ~+0.2-0.3 s CPU (system) per video.
+MMAP_THRESHOLD = 128 * 1024
+_M_MMAP_THRESHOLD = -3  # mallopt() parameter number in glibc's malloc.h
+_malloc_tuned: bool | None = None
+
+
+def tune_malloc() -> bool:
+    """Pin glibc's mmap threshold (see MMAP_THRESHOLD) once per process, so the memory of a finished
+    analysis is returned instead of kept. Called when a Detector is built: serving processes only
+    (training imports Fusion from here and keeps glibc's default). Skipped off glibc, when
+    MALLOC_MMAP_THRESHOLD_ is set in the environment (glibc has read it), or with
+    DETECTOR_MALLOC_TUNING=0 or =trim (then only trim_malloc() runs). Returns whether the threshold
+    is pinned (by this call or an earlier one)."""
+    global _malloc_tuned
+    if _malloc_tuned is not None:
+        return _malloc_tuned
+    _malloc_tuned = False
+    if os.environ.get("DETECTOR_MALLOC_TUNING", "1") in ("0", "trim") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # glibc only (musl has no tunable mallopt)
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    _malloc_tuned = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    return _malloc_tuned
+
+
+def trim_malloc() -> None:
+    """Give freed heap memory back to the OS (glibc malloc_trim; a few ms). Called after each
+    analysis; a no-op off glibc or with DETECTOR_MALLOC_TUNING=0."""
+    if os.environ.get("DETECTOR_MALLOC_TUNING", "1") == "0":
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class ModelUnavailable(Exception):
@@ -67,6 +116,7 @@ class Detector:
     """A loaded model + card. score() is thread-safe and runs one compiled graph per batch size."""
 
     def __init__(self, model_path: str | Path):
+        tune_malloc()
         import tensorflow as tf
         import keras
 
