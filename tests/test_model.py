@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,8 @@ import pytest
 
 from utils import model as model_module
 from utils.model import Detector, ModelUnavailable, get_detector
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SHIPPED = Path(__file__).resolve().parents[1] / "utils" / "weights" / "detector.keras"
 
@@ -124,12 +129,35 @@ def test_max_fusion_takes_the_most_alarmed_calibrated_head(tmp_path):
     assert maps.shape[0] == 6 and 0.0 <= maps.min() and maps.max() <= 1.0 + 1e-6
 
 
-def _rss_mb() -> float:
+# Run in a fresh interpreter: RSS in the test process moves with whatever other tests' threads do.
+FREED_FRAMES_SCRIPT = """
+import numpy as np
+from utils import model
+
+def rss_mb():
     with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+        return next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmRSS:"))
+
+pinned = model.tune_malloc()
+spent = np.ones(1280 * 720 * 3, np.uint8)
+del spent  # unpinned, freeing one frame raises glibc's threshold and the frames below stay resident
+base = rss_mb()
+frames, survivors = [], []
+for _ in range(40):
+    frames.append(np.ones(1280 * 720 * 3, np.uint8))  # a 720p RGB frame, 2.7 MB
+    survivors.append(np.ones(100_000, np.uint8))  # below the threshold: from the heap, kept
+grown = rss_mb() - base
+del frames
+print(pinned, grown, rss_mb() - base)
+"""
+
+
+def _freed_frames(tuning: str) -> tuple[bool, float, float]:
+    env = {**os.environ, "DETECTOR_MALLOC_TUNING": tuning}
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    out = subprocess.run([sys.executable, "-c", FREED_FRAMES_SCRIPT], cwd=ROOT, env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    return out[0] == "True", float(out[1]), float(out[2])
 
 
 def test_serving_process_returns_freed_frame_sized_buffers(tiny_model):
@@ -140,13 +168,7 @@ def test_serving_process_returns_freed_frame_sized_buffers(tiny_model):
     if not model_module.tune_malloc():
         pytest.skip("not glibc, or malloc tuning switched off in this environment")
     assert model_module.tune_malloc() is True  # once per process, then remembered
-    spent = np.ones(1280 * 720 * 3, np.uint8)
-    del spent  # unpinned, freeing one frame would raise glibc's threshold and the frames below would stay
-    base = _rss_mb()
-    frames, survivors = [], []
-    for _ in range(40):
-        frames.append(np.ones(1280 * 720 * 3, np.uint8))  # a 720p RGB frame, 2.7 MB
-        survivors.append(np.ones(100_000, np.uint8))  # below the threshold: from the heap
-    assert _rss_mb() - base > 80
-    del frames
-    assert _rss_mb() - base < 30
+    pinned, grown, kept = _freed_frames("1")
+    assert pinned and grown > 80 and kept < 30
+    pinned, grown, kept = _freed_frames("0")  # glibc's default: the same frames stay resident
+    assert not pinned and grown > 80 and kept > 80
