@@ -255,8 +255,10 @@ def test_web_process_puts_a_dead_workers_job_back_in_the_queue_even_with_no_work
                           started_at=long_ago, heartbeat_at=long_ago)
 
     app.test_client().get("/healthz")  # a web process starts serving
-    requeued = wait_for(lambda: (r := row(app, orphan)).status == "queued" and r.job_id != "analysis-x-dead"
-                        and r, timeout=10, what="the row to be queued again")
+    # The sweep first marks the row queued without a job, then enqueues it and records the new job id.
+    requeued = wait_for(lambda: (r := row(app, orphan)).status == "queued"
+                        and r.job_id not in (None, "analysis-x-dead") and r, timeout=10,
+                        what="the row to be queued again under a new job")
 
     assert rq_job(rq_setup, requeued.job_id).get_status() == "queued"  # waiting for any worker
     assert requeued.attempts == 1
