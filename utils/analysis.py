@@ -16,6 +16,7 @@ from PIL import Image
 
 import convert
 from utils.aggregate import MediaVerdict, aggregate_faces
+from utils.model import trim_malloc  # TensorFlow loads only inside Detector(): cheap here
 
 Progress = Callable[[str, float], None]
 
@@ -83,14 +84,6 @@ class MediaReport:
             ],
             "explanation": self.verdict.explanation,
         }
-
-
-def _trim_malloc() -> None:
-    """Hand the decoding and scoring temporaries back to the OS (see utils.model.trim_malloc).
-    utils.model imports TensorFlow only inside Detector(), so importing it here is cheap."""
-    from utils.model import trim_malloc
-
-    trim_malloc()
 
 
 def media_limits_from_config(config) -> convert.MediaLimits:
@@ -163,7 +156,7 @@ def inspect_media(
             )
         )
     del crops  # the stacked copy (each face keeps its own crop)
-    _trim_malloc()
+    trim_malloc()  # hand the decoding and scoring temporaries back to the OS
     verdict = aggregate_faces(
         [(f.frame_index, f.person, f.score) for f in scored_faces],
         frames_sampled=len(media.frames),
