@@ -16,7 +16,7 @@ POSTGRES_SUITE := tests/test_migrations.py tests/test_auth.py tests/test_upload.
 	tests/test_evidence.py tests/test_access_matrix.py tests/test_lifecycle.py tests/test_jobs.py \
 	tests/test_live.py
 
-.PHONY: install browser run test
+.PHONY: install browser run test gpu-bundle
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -52,3 +52,14 @@ test: install browser
 	else \
 	  echo "SKIPPED the PostgreSQL run: no server at $(TEST_POSTGRES_URL) (set TEST_POSTGRES_URL)"; \
 	fi
+
+# What a GPU machine (Keras on JAX, no TensorFlow, no Flask; Python 3.12) needs to train the detector,
+# in pack/ (git-ignored, < 64 MiB): the training split's faces and the Keras wheels. See the README,
+# "Training on a GPU".
+FACES ?= ../shared/datasets/faces
+gpu-bundle: install
+	$(FLASK) pack-faces --data $(FACES)/dfdc --data $(FACES)/stylegan1_ffhq --out pack/faces.npz
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+	  -d pack/wheels keras==$$($(PY) -c "import keras; print(keras.__version__)") namex optree
+	du -sh pack

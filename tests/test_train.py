@@ -222,10 +222,176 @@ def test_train_continues_from_a_model_and_records_reviewed_data(tmp_path, app):
     terms = {d["source"]: d["terms"] for d in card["data"]}
     assert "decided by its admins" in terms["export-1"] and "decided by its admins" not in terms["tiny"]
 
-    # Another network size or another seed would not be a continuation of the same split: refused.
-    for changed in (["--input-size", "48"], ["--seed", "4"]):
-        args = ["train", "--data", str(data_dir), "--out", str(tmp_path / "bad.keras"), "--init-from", str(first),
-                *common, *changed]
-        result = runner.invoke(args=args)
-        assert result.exit_code != 0 and not (tmp_path / "bad.keras").exists()
-        assert ("needs" in result.output) or ("seed=3" in result.output)
+    # Another seed would not be a continuation of the same split: refused.
+    args = ["train", "--data", str(data_dir), "--out", str(tmp_path / "bad.keras"), "--init-from", str(first),
+            *common[:-1], "4"]
+    result = runner.invoke(args=args)
+    assert result.exit_code != 0 and not (tmp_path / "bad.keras").exists() and "seed=3" in result.output
+    # Another file than this network: refused before any data is read.
+    other = tmp_path / "other.keras"
+    keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(2, 3), keras.layers.GlobalAveragePooling2D(),
+                      keras.layers.Dense(2)]).save(other)
+    result = runner.invoke(args=["train", "--data", str(data_dir), "--out", str(tmp_path / "bad.keras"),
+                                 "--init-from", str(other), *common[:-4], "--input-size", "48", "--seed", "3"])
+    assert result.exit_code != 0 and "not this network" in result.output
+    assert not (tmp_path / "bad.keras").exists()
+
+
+def test_a_model_continues_at_another_input_size_with_its_weights(tmp_path, app):
+    """Fully convolutional up to the pooling: a 32 px model's weights start a 48 px run."""
+    from utils.model import Detector
+    from utils.train import load_initial_model
+
+    data_dir = make_dataset(tmp_path / "tiny", n=16, groups=True)
+    app.config["DETECTOR_CACHE_DIR"] = str(tmp_path / "cache")
+    runner = app.test_cli_runner()
+    common = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--width", "0.25", "--seed", "3"]
+    first = tmp_path / "first.keras"
+    assert runner.invoke(args=["train", "--data", str(data_dir), "--out", str(first), "--input-size", "32",
+                               *common]).exit_code == 0
+    small, _ = load_initial_model(first, 32)
+    large, _ = load_initial_model(first, 48)
+    assert large.input_shape[1:] == (48, 48, 3)
+    for a, b in zip(small.get_weights(), large.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    second = tmp_path / "second.keras"
+    result = runner.invoke(args=["train", "--data", str(data_dir), "--out", str(second), "--input-size", "48",
+                                 "--init-from", str(first), *common])
+    assert result.exit_code == 0, result.output
+    card = json.loads(second.with_name("model_card.json").read_text())
+    assert card["input_size"] == 48 and card["initialised_from"]["input_size"] == 32
+    assert Detector(second).score(np.zeros((2, 48, 48, 3), np.uint8)).shape == (2,)
+
+
+# ---------------------------------------------------------------- the GPU route: pack, train elsewhere, calibrate here
+
+def _pack(app, tmp_path, data_dir, out, *extra):
+    app.config["DETECTOR_CACHE_DIR"] = str(tmp_path / "cache")
+    result = app.test_cli_runner().invoke(args=["pack-faces", "--data", str(data_dir), "--out", str(out),
+                                                "--input-size", "32", "--seed", "3", *extra])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_pack_holds_the_training_split_only_and_decodes_close_to_the_crops(tmp_path, app):
+    from utils.train import load_packed, pack_meta, read_pack
+
+    data_dir = make_dataset(tmp_path / "tiny", n=16, groups=True)
+    pack = tmp_path / "pack" / "faces.npz"
+    _pack(app, tmp_path, data_dir, pack)
+    full = load_packed([str(data_dir)], 32, tmp_path / "cache", seed=3, log=lambda m: None)
+    packed = read_pack(pack, 32)
+    train_rows = np.flatnonzero(full.splits == "train")
+    assert 0 < len(train_rows) < len(full.labels)  # the validation faces stay behind
+    assert len(packed["labels"]) == len(train_rows)
+    assert sorted(packed["groups"]) == sorted(full.groups[train_rows])
+    assert not set(packed["groups"]) & set(full.groups[full.splits == "validation"])
+    difference = np.abs(packed["crops"].astype(int) - full.crops[train_rows].astype(int)).mean()
+    assert difference < 4, difference  # WebP q90 of a 32 px crop
+    meta = pack_meta(pack)
+    assert meta["seed"] == 3 and meta["input_size"] == 32 and meta["data"][0]["source"] == "tiny"
+    # read back as training data, every packed row is on the training side
+    again = load_packed([str(pack)], 32, tmp_path / "cache", seed=3, log=lambda m: None)
+    assert set(again.splits) == {"train"}
+
+
+def test_pack_size_cap_cuts_the_largest_pools_first(tmp_path, app):
+    from utils.train import pack_meta
+
+    data_dir = make_dataset(tmp_path / "tiny", n=16, groups=True)
+    whole = tmp_path / "whole.npz"
+    _pack(app, tmp_path, data_dir, whole)
+    capped = tmp_path / "capped.npz"
+    with np.load(whole) as contents:
+        budget_mb = contents["images"].nbytes * 0.6 / 2**20  # the cap counts the encoded faces
+    _pack(app, tmp_path, data_dir, capped, "--max-mb", f"{budget_mb:.6f}")
+    with np.load(capped) as contents:
+        assert contents["images"].nbytes <= budget_mb * 2**20
+    counts = pack_meta(capped)["counts"]
+    assert all(c["packed"] <= c["of"] for c in counts.values())
+    assert sum(c["packed"] for c in counts.values()) < sum(c["of"] for c in counts.values())
+    cap = max(c["packed"] for c in counts.values())  # one common cap: smaller pools kept whole
+    assert all(c["packed"] == min(cap, c["of"]) for c in counts.values())
+    result = app.test_cli_runner().invoke(args=["pack-faces", "--data", str(data_dir), "--out",
+                                                str(tmp_path / "none.npz"), "--input-size", "32", "--max-mb", "0.0001"])
+    assert result.exit_code != 0 and "fits in" in result.output
+    assert not (tmp_path / "none.npz").exists()
+
+
+def test_train_on_a_pack_defers_calibration_and_calibrate_completes_the_card(tmp_path, app):
+    from utils.model import Detector, ModelUnavailable
+
+    data_dir = make_dataset(tmp_path / "tiny", n=16, groups=True)
+    pack = tmp_path / "faces.npz"
+    _pack(app, tmp_path, data_dir, pack)
+    out = tmp_path / "gpu" / "detector.keras"
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["train", "--data", str(pack), "--out", str(out), "--epochs", "1",
+                                 "--steps-per-epoch", "2", "--batch-size", "8", "--input-size", "32",
+                                 "--width", "0.25", "--seed", "3", "--loader-workers", "2"])
+    assert result.exit_code == 0, result.output
+    card = json.loads((out.parent / "model_card.json").read_text())
+    assert card["calibrated"] is False and "fusion" not in card and "validation_metrics" not in card
+    assert card["data"][0]["source"] == "tiny" and card["data"][0]["pack"] == "faces.npz"
+    with pytest.raises(ModelUnavailable, match="not calibrated"):
+        Detector(out)
+
+    result = runner.invoke(args=["calibrate", "--model", str(out), "--data", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    assert "validation ROC-AUC" in result.output
+    card = json.loads((out.parent / "model_card.json").read_text())
+    assert card["calibrated"] is True and card["fusion"]["mode"] == "max"
+    assert card["validation_metrics"]["tiny"]["n"] > 0
+    assert card["counts"]["tiny"]["train"] == card["training"]["train_faces"]["tiny"]
+    assert Detector(out).score(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2,)
+
+
+def test_pack_and_train_refuse_what_would_leak_or_cannot_be_read(tmp_path, app):
+    data_dir = make_dataset(tmp_path / "tiny", n=16, groups=True)
+    pack = tmp_path / "faces.npz"
+    _pack(app, tmp_path, data_dir, pack)
+    runner = app.test_cli_runner()
+    base = ["train", "--out", str(tmp_path / "m.keras"), "--epochs", "1", "--steps-per-epoch", "1",
+            "--batch-size", "8", "--input-size", "32", "--width", "0.25"]
+    result = runner.invoke(args=base + ["--data", str(pack), "--seed", "4"])
+    assert result.exit_code != 0 and "packed with seed=3" in result.output
+    not_a_pack = tmp_path / "notes.npz"
+    not_a_pack.write_bytes(b"not a zip")
+    result = runner.invoke(args=base + ["--data", str(not_a_pack), "--seed", "3"])
+    assert result.exit_code != 0 and "not a face pack" in result.output
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(synthetic_face(np.random.default_rng(1), False)).save(photo)
+    result = runner.invoke(args=base + ["--data", str(photo), "--seed", "3"])
+    assert result.exit_code != 0 and "neither a dataset folder nor a face pack" in result.output
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_the_same_training_runs_on_jax_and_the_file_loads_in_tensorflow(tmp_path, app):
+    """The GPU route on CPU: KERAS_BACKEND=jax, no Flask, a face pack in; TensorFlow loads the result."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    from utils.model import Detector
+
+    data_dir = make_dataset(tmp_path / "tiny", n=16, groups=True)
+    pack = tmp_path / "faces.npz"
+    _pack(app, tmp_path, data_dir, pack)
+    out = tmp_path / "jax" / "detector.keras"
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    probe = ("import sys, keras, utils.train_cli, utils.train; "
+             "sys.exit(3 if {'flask', 'tensorflow'} & set(sys.modules) else 0)")
+    run = subprocess.run([sys.executable, "-c", probe], env=env, cwd=Path(__file__).parents[1])
+    assert run.returncode == 0, "the training command must not import Flask or TensorFlow"
+    run = subprocess.run([sys.executable, "-m", "utils.train_cli", "--data", str(pack), "--out", str(out),
+                          "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--input-size", "32",
+                          "--width", "0.25", "--seed", "3"],
+                         env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    card = json.loads((out.parent / "model_card.json").read_text())
+    assert card["training"]["backend"] == "jax" and card["training"]["gpu"] is False
+    result = app.test_cli_runner().invoke(args=["calibrate", "--model", str(out), "--data", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    scores = Detector(out).score(np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8))
+    assert scores.shape == (3,) and np.isfinite(scores).all()

@@ -10,6 +10,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 
 import convert
+from utils.train_cli import run_training, train_options
 
 MEDIA_SUFFIXES = {
     ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
@@ -91,34 +92,49 @@ def register(app: Flask) -> None:
             click.echo(f"{failures} of {len(files)} files could not be analysed.", err=True)
 
     @app.cli.command("train")
-    @click.option("--data", "data_dirs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
-                  help="DIR/{real,fake} or DIR/{Train,Validation,Test}/{Real,Fake}; repeat to combine.")
+    @train_options
     @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Model file (default MODEL_PATH).")
-    @click.option("--epochs", type=int, default=10)
-    @click.option("--steps-per-epoch", type=int, default=200)
-    @click.option("--batch-size", type=int, default=48)
-    @click.option("--input-size", type=int, default=128)
-    @click.option("--width", type=float, default=1.0, help="Channel multiplier of the network.")
-    @click.option("--learning-rate", type=float, default=2e-3)
-    @click.option("--minutes", type=float, default=None, help="Stop after the epoch that passes this budget.")
-    @click.option("--seed", type=int, default=0)
-    @click.option("--init-from", type=click.Path(exists=True, dir_okay=False), default=None,
-                  help="Continue training this .keras model (same network and input size; keep its seed).")
     @with_appcontext
-    def train_command(data_dirs, out, epochs, steps_per_epoch, batch_size, input_size, width, learning_rate,
-                      minutes, seed, init_from):
+    def train_command(out, **options):
         """Train the detector, calibrate it on the validation split, write the model and its card."""
-        from utils.train import train
+        run_training(out or current_app.config["MODEL_PATH"], _cache_dir(), **options)
 
-        out = out or current_app.config["MODEL_PATH"]
+    @app.cli.command("pack-faces")
+    @click.option("--data", "data_dirs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
+                  help="Dataset folders, as for `train`; repeat to combine.")
+    @click.option("--out", type=click.Path(dir_okay=False), default="pack/faces.npz", show_default=True)
+    @click.option("--input-size", type=int, default=128)
+    @click.option("--seed", type=int, default=0, help="The split's seed: train with the same one.")
+    @click.option("--quality", type=click.IntRange(50, 100), default=90, help="WebP quality of the crops.")
+    @click.option("--max-mb", type=float, default=52.0, show_default=True,
+                  help="Size cap: the largest (source, label) pools are cut to fit.")
+    @with_appcontext
+    def pack_faces_command(data_dirs, out, input_size, seed, quality, max_mb):
+        """Write the training split's face crops as one compact file for a GPU machine."""
+        from utils.train import write_pack
+
         try:
-            card = train(list(data_dirs), out, input_size=input_size, epochs=epochs,
-                         steps_per_epoch=steps_per_epoch, batch_size=batch_size, learning_rate=learning_rate,
-                         seed=seed, width=width, max_minutes=minutes, cache_dir=_cache_dir(), init_from=init_from,
-                         log=lambda m: click.echo(m, err=True))
+            write_pack(list(data_dirs), out, input_size=input_size, cache_dir=_cache_dir(), seed=seed,
+                       quality=quality, max_mb=max_mb, log=lambda m: click.echo(m, err=True))
         except ValueError as exc:
             raise click.ClickException(str(exc))
-        click.echo(f"wrote {out} (version {card['version']}) and {Path(out).with_name('model_card.json')}")
+
+    @app.cli.command("calibrate")
+    @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), required=True)
+    @click.option("--data", "data_dirs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
+                  help="The dataset folders the model's training data came from (their validation split is used).")
+    @with_appcontext
+    def calibrate_command(model_path, data_dirs):
+        """Fit the fusion, uncertain band and validation metrics of a trained model; rewrite its card."""
+        from utils.train import calibrate_model
+
+        try:
+            card = calibrate_model(model_path, list(data_dirs), cache_dir=_cache_dir(),
+                                   log=lambda m: click.echo(m, err=True))
+        except ValueError as exc:
+            raise click.ClickException(str(exc))
+        aucs = ", ".join(f"{source} {m.get('shipped_roc_auc')}" for source, m in card["validation_metrics"].items())
+        click.echo(f"calibrated {model_path} (version {card['version']}): validation ROC-AUC {aucs}")
 
     @app.cli.command("evaluate")
     @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))

@@ -133,6 +133,10 @@ class Detector:
             self.model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
         except Exception as exc:  # a damaged file must not take the app down
             raise ModelUnavailable(f"The model at {model_path} could not be loaded: {exc}") from exc
+        if self.card.get("calibrated") is False:  # trained from face packs, fusion not fitted yet
+            raise ModelUnavailable(
+                f"The model at {model_path} is not calibrated yet: run `flask --app app calibrate --model "
+                f"{model_path} --data DIR...` with the folders it was packed from.")
         self.path = model_path
         self.version = str(self.card.get("version", "unknown"))
         self.input_size = int(self.card.get("input_size", self.model.input_shape[1]))

@@ -300,14 +300,32 @@ class PackedData:
     groups: np.ndarray
 
 
+PACK_SUFFIX = ".npz"
+
+
+def is_pack(path: str | Path) -> bool:
+    return Path(path).suffix == PACK_SUFFIX and Path(path).is_file()
+
+
 def load_packed(data_dirs: list[str], input_size: int, cache_dir: str | Path, seed: int = 0,
                 validation_fraction: float = 0.15, log=print) -> PackedData:
+    """Every --data entry as model-sized crops: a dataset folder (cropped once, cached), or a face
+    pack written by write_pack (its rows keep the split they had when packed)."""
     crops, labels, sources, splits, groups = [], [], [], [], []
     for data_dir in data_dirs:
-        samples = dataset.discover_samples(data_dir)
-        log(f"{data_dir}: {len(samples)} images; cropping faces (cached in {cache_dir})")
-        packed = dataset.pack_samples(samples, input_size, cache_dir, workers=min(2, os.cpu_count() or 1),
-                                      progress=lambda i, n: log(f"  cropped {i}/{n}"))
+        if is_pack(data_dir):
+            packed = read_pack(data_dir, input_size)
+            log(f"{data_dir}: {len(packed['labels'])} packed faces")
+        else:
+            if Path(data_dir).is_file():
+                raise ValueError(f"{data_dir} is neither a dataset folder nor a face pack ({PACK_SUFFIX}).")
+            try:
+                samples = dataset.discover_samples(data_dir)
+            except FileNotFoundError as exc:
+                raise ValueError(str(exc)) from exc
+            log(f"{data_dir}: {len(samples)} images; cropping faces (cached in {cache_dir})")
+            packed = dataset.pack_samples(samples, input_size, cache_dir, workers=min(2, os.cpu_count() or 1),
+                                          progress=lambda i, n: log(f"  cropped {i}/{n}"))
         kept = [dataset.Sample(p, int(l), str(g), str(s), sp or None) for p, l, g, s, sp in zip(
             packed["paths"], packed["labels"], packed["groups"], packed["sources"], packed["splits"])]
         crops.append(np.asarray(packed["crops"]))
@@ -317,6 +335,104 @@ def load_packed(data_dirs: list[str], input_size: int, cache_dir: str | Path, se
         splits.append(np.asarray(dataset.assign_split(kept, validation_fraction, seed)))
     return PackedData(np.concatenate(crops), np.concatenate(labels), np.concatenate(sources),
                       np.concatenate(splits), np.concatenate(groups))
+
+
+def write_pack(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128,
+               cache_dir: str | Path = "data/cache", seed: int = 0, validation_fraction: float = 0.15,
+               quality: int = 90, max_mb: float = 52.0, log=print) -> dict:
+    """The training split of DIRs as one compact file (WebP crops + labels, groups, sources), small
+    enough to carry to a GPU machine (the device tool takes 64 MiB a call). Validation faces stay
+    here: `flask calibrate` fits the fusion on them after the GPU run, so they are never packed.
+    Over max_mb, the largest (source, label) pools are cut to a common cap (random rows, fixed seed)."""
+    data = load_packed(data_dirs, input_size, cache_dir, seed, validation_fraction, log)
+    rows = np.flatnonzero(data.splits == "train")
+    if len(rows) == 0:
+        raise ValueError("No training faces to pack.")
+    log(f"encoding {len(rows)} training faces (WebP quality {quality})")
+    encoded = {}
+    for i in rows:
+        ok, buf = cv2.imencode(".webp", np.ascontiguousarray(data.crops[i][..., ::-1]),
+                               [cv2.IMWRITE_WEBP_QUALITY, int(quality)])
+        if not ok:
+            raise ValueError("This OpenCV cannot write WebP.")
+        encoded[int(i)] = buf.tobytes()
+    rng = np.random.default_rng(seed)
+    pools = {key: rng.permutation(pool) for key, pool in _batch_plan(data, rows).items()}
+    budget = int(max_mb * 2**20)
+
+    def chosen(cap):
+        return np.sort(np.concatenate([pool[:cap] for pool in pools.values()]))
+
+    cap = max(len(pool) for pool in pools.values())
+    if sum(len(encoded[i]) for i in chosen(cap)) > budget:
+        low, high = 0, cap  # the largest cap that fits
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if sum(len(encoded[i]) for i in chosen(mid)) <= budget else (low, mid - 1)
+        cap = low
+        if cap == 0:
+            raise ValueError(f"Not even one face per pool fits in {max_mb} MB.")
+    keep = chosen(cap)
+    blobs = [encoded[i] for i in keep]
+    offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+    counts = {f"{source}/{'fake' if label else 'real'}": {"packed": int(min(cap, len(pool))), "of": int(len(pool))}
+              for (source, label), pool in pools.items()}
+    meta = {"input_size": input_size, "face_margin": convert.FACE_MARGIN,
+            "face_detector": convert.get_face_finder().name, "seed": seed,
+            "validation_fraction": validation_fraction, "quality": quality, "counts": counts,
+            "data": describe_data(data_dirs)}
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out_path, images=np.frombuffer(b"".join(blobs), np.uint8), offsets=offsets,
+             labels=data.labels[keep], sources=data.sources[keep].astype(str),
+             groups=data.groups[keep].astype(str), meta=np.array(json.dumps(meta)))
+    log(f"wrote {out_path}: {len(keep)} faces, {out_path.stat().st_size / 2**20:.1f} MiB; per pool {counts}")
+    return meta
+
+
+PACK_ARRAYS = ("images", "offsets", "labels", "sources", "groups", "meta")
+
+
+def _open_pack(path: str | Path, names=PACK_ARRAYS) -> dict:
+    """The named arrays of a face pack (no pickles), or ValueError saying the file is not one."""
+    try:
+        with np.load(path, allow_pickle=False) as pack:
+            arrays = {name: pack[name] for name in names}
+        arrays["meta"] = json.loads(str(arrays["meta"]))
+        return arrays
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} is not a face pack written by `flask pack-faces` ({exc}).") from exc
+
+
+def pack_meta(path: str | Path) -> dict:
+    return _open_pack(path, ("meta",))["meta"]
+
+
+def read_pack(path: str | Path, input_size: int) -> dict:
+    """A face pack's crops (decoded) and rows, shaped like dataset.pack_samples's result."""
+    pack = _open_pack(path)
+    if pack["meta"].get("input_size") != input_size:
+        raise ValueError(f"{path} holds {pack['meta'].get('input_size')} px faces; this run needs {input_size} px.")
+    images, offsets, labels = pack["images"], pack["offsets"], pack["labels"]
+    crops = np.zeros((len(labels), input_size, input_size, 3), np.uint8)
+    for i in range(len(labels)):
+        face = cv2.imdecode(images[offsets[i]:offsets[i + 1]], cv2.IMREAD_COLOR)
+        if face is None or face.shape != (input_size, input_size, 3):
+            raise ValueError(f"{path}: face {i} cannot be decoded; write the pack again.")
+        crops[i] = face[..., ::-1]
+    return {"crops": crops, "labels": labels, "sources": pack["sources"], "groups": pack["groups"],
+            "splits": np.array(["train"] * len(labels)), "paths": np.array([f"{path}#{i}" for i in range(len(labels))])}
+
+
+def describe_data(data_dirs: list[str]) -> list[dict]:
+    """The card's "data": each source with its terms (a pack lists the folders it was made from)."""
+    entries = []
+    for d in data_dirs:
+        if is_pack(d):
+            entries.extend({**entry, "pack": Path(d).name} for entry in pack_meta(d)["data"])
+        else:
+            entries.append({"folder": str(d), "source": Path(d).name, "terms": data_terms(d)})
+    return entries
 
 
 def _batch_plan(data: PackedData, index: np.ndarray) -> dict:
@@ -331,9 +447,11 @@ def _batch_plan(data: PackedData, index: np.ndarray) -> dict:
 
 
 def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: int, seed: int,
-                 sbi_fraction: float = 0.25, first_epoch: int = 0):
+                 sbi_fraction: float = 0.25, first_epoch: int = 0, workers: int = 1):
     """A keras PyDataset yielding (uint8 crops, [N,2] head labels) with -1 = ignored by that head.
-    `first_epoch` lets a continued run draw new batches instead of replaying the first run's."""
+    `first_epoch` lets a continued run draw new batches instead of replaying the first run's.
+    `workers` threads build batches ahead (for a GPU that outruns one core); each batch is seeded by
+    (seed, epoch, step), so the batches are the same whatever the count."""
     import keras
 
     pools = _batch_plan(data, index)
@@ -342,7 +460,7 @@ def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: in
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
-            super().__init__(workers=1, use_multiprocessing=False)
+            super().__init__(workers=max(1, workers), use_multiprocessing=False)
             self.epoch = first_epoch
 
         def __len__(self):
@@ -395,10 +513,9 @@ def validation_set(data: PackedData, index: np.ndarray, seed: int, sbi_per_sourc
 
 
 def _batched_logits(model, crops: np.ndarray, batch: int = 128) -> np.ndarray:
-    import tensorflow as tf
-
-    fn = tf.function(lambda x: model(x, training=False), jit_compile=False, reduce_retracing=True)
-    out = [fn(tf.constant(crops[i:i + batch], tf.float32)).numpy() for i in range(0, len(crops), batch)]
+    """Logits on any Keras backend (predict_on_batch runs the backend's compiled predict step)."""
+    out = [np.asarray(model.predict_on_batch(np.asarray(crops[i:i + batch], np.float32)))
+           for i in range(0, len(crops), batch)]
     return np.concatenate(out) if out else np.zeros((0, len(HEADS)), np.float32)
 
 
@@ -464,9 +581,11 @@ def calibrate(model, data: PackedData, val_index: np.ndarray, seed: int, thresho
     return fusion, band, metrics
 
 
-def load_initial_model(path: str | Path, input_size: int):
+def load_initial_model(path: str | Path, input_size: int, exact_size: bool = False):
     """The model a continued run starts from, and the card written next to it (or {}).
-    Refuses a file that is not this network at this input size, before any data is loaded."""
+    The network is fully convolutional up to a global pooling, so its weights carry over to another
+    input size (e.g. fine-tuning at 160 px a model trained at 128 px) unless exact_size. Refuses a
+    file that is not this network, before any data is loaded."""
     import keras
 
     path = Path(path)
@@ -476,34 +595,54 @@ def load_initial_model(path: str | Path, input_size: int):
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
         raise ValueError(f"The model at {path} could not be loaded: {exc}") from exc
-    shape = tuple(model.input_shape[1:])
-    if shape != (input_size, input_size, 3) or tuple(model.output_shape[1:]) != (len(HEADS),):
-        raise ValueError(f"The model at {path} takes {shape} and gives {model.output_shape[1:]}; "
-                         f"this run needs ({input_size}, {input_size}, 3) -> ({len(HEADS)},).")
     card_path = path.with_name("model_card.json")
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    shape = tuple(model.input_shape[1:])
+    if tuple(model.output_shape[1:]) != (len(HEADS),) or shape[2:] != (3,) or (
+            exact_size and shape != (input_size, input_size, 3)):
+        raise ValueError(f"The model at {path} takes {shape} and gives {model.output_shape[1:]}; "
+                         f"this run needs ({input_size}, {input_size}, 3) -> ({len(HEADS)},).")
+    if shape != (input_size, input_size, 3):
+        resized = build_model(input_size, float(card.get("training", {}).get("width", 1.0)))
+        try:
+            resized.set_weights(model.get_weights())
+        except ValueError as exc:
+            raise ValueError(f"The model at {path} is not this network (its weights do not fit one "
+                             f"built for {input_size} px): {exc}") from exc
+        model = resized
     return model, card
 
 
 def _gpu_used() -> bool | None:
-    """Whether the TensorFlow backend had a GPU (None: another backend, not checked)."""
+    """Whether the Keras backend ran on a GPU (None: a backend not checked here)."""
     import keras
 
-    if keras.backend.backend() != "tensorflow":
-        return None
-    import tensorflow as tf
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    return bool(tf.config.list_logical_devices("GPU"))
+        return bool(tf.config.list_logical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() == "gpu"
+    if backend == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return None
 
 
 def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, epochs: int = 10,
           steps_per_epoch: int = 200, batch_size: int = 48, learning_rate: float = 2e-3, seed: int = 0,
           width: float = 1.0, max_minutes: float | None = None, cache_dir: str | Path = "data/cache",
           validation_fraction: float = 0.15, sbi_fraction: float = 0.25, init_from: str | Path | None = None,
-          log=print) -> dict:
+          loader_workers: int = 1, log=print) -> dict:
     """Train, calibrate on the validation split, write the .keras model and model_card.json.
     init_from: continue from that .keras model (same network and input size); keep the first run's
-    seed and validation fraction so the validation split, and so the card's numbers, stay held out."""
+    seed and validation fraction so the validation split, and so the card's numbers, stay held out.
+    Trained on face packs alone (no validation faces: the GPU route), the card is written with
+    "calibrated": false and the model is refused for serving until `flask calibrate` completes it."""
     import keras
 
     started = time.time()
@@ -516,13 +655,22 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
             if key in previous and previous[key] != value:
                 raise ValueError(f"{init_from} was trained with {key}={previous[key]}; continuing with "
                                  f"{value} would move faces between the training and validation splits.")
+    packs = [d for d in data_dirs if is_pack(d)]
+    for pack in packs:
+        meta = pack_meta(pack)
+        for key, value in (("seed", seed), ("validation_fraction", validation_fraction)):
+            if meta.get(key) != value:
+                raise ValueError(f"{pack} was packed with {key}={meta.get(key)}; training with {value} would "
+                                 "let `flask calibrate` validate on faces this run trained on.")
     data = load_packed(data_dirs, input_size, cache_dir, seed, validation_fraction, log)
     train_index = np.flatnonzero(data.splits == "train")
     val_index = np.flatnonzero(data.splits == "validation")
-    if len(train_index) == 0 or len(val_index) == 0:
+    deferred = len(val_index) == 0 and len(packs) == len(data_dirs)
+    if len(train_index) == 0 or (len(val_index) == 0 and not deferred):
         raise ValueError("Need images on both sides of the train/validation split.")
     overlap = set(data.groups[train_index]) & set(data.groups[val_index])
-    log(f"train {len(train_index)} / validation {len(val_index)} faces; groups shared across split: {len(overlap)}")
+    log(f"train {len(train_index)} / validation {len(val_index)} faces; groups shared across split: {len(overlap)}"
+        + ("; calibration deferred to `flask calibrate`" if deferred else ""))
 
     model = initial_model if init_from else build_model(input_size, width)
     previous_epochs = int(previous.get("epochs_total", previous.get("epochs", 0)))
@@ -536,7 +684,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss=masked_bce,
                   jit_compile=False)
     batches = make_batches(data, train_index, batch_size, steps_per_epoch, seed, sbi_fraction,
-                           first_epoch=previous_epochs)
+                           first_epoch=previous_epochs, workers=loader_workers)
 
     class TimeBudget(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -549,37 +697,21 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
     history = model.fit(batches, epochs=epochs, verbose=0, callbacks=[TimeBudget()])
     epochs_run = len(history.history.get("loss", []))
 
-    fusion, band, metrics = calibrate(model, data, val_index, seed)
-    threshold = 0.5
-
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model.save(out_path)
     digest = hashlib.sha256(out_path.read_bytes()).hexdigest()[:10]
-    sources_used = sorted({str(s) for s in data.sources})
+    face_detector = (pack_meta(packs[0])["face_detector"] if len(packs) == len(data_dirs)
+                     else convert.get_face_finder().name)
     card = {
         "version": f"{dt.date.today().isoformat()}-{digest}",
         "architecture": "separable CNN, RGB + high-pass residual input, two logit heads; "
                         f"{model.count_params()} parameters",
         "input_size": input_size,
         "face_margin": convert.FACE_MARGIN,
-        "face_detector": convert.get_face_finder().name,
+        "face_detector": face_detector,
         "heads": list(HEADS),
-        "fusion": fusion,
-        "calibration": "Platt scaling of each head on validation data for its own task (generation: the "
-                       "datasets' real vs fake; blending: validation reals vs self-blended fakes made from "
-                       "them), sources weighted equally and classes balanced; P(fake) = the higher of the two",
-        "threshold": threshold,
-        "uncertain_band": list(band),
-        "uncertain_band_rule": "outside the band, validation verdicts were right >= 90 % of the time",
-        "data": [{"folder": str(d), "source": Path(d).name,
-                  "terms": data_terms(d)} for d in data_dirs],
-        "counts": {s: {"train": int(((data.sources == s) & (data.splits == "train")).sum()),
-                       "validation": int(((data.sources == s) & (data.splits == "validation")).sum())}
-                   for s in sources_used},
-        "split": f"validation = {validation_fraction:.0%} of groups by hash (groups.csv groups: a fake shares "
-                 "the group of its source video), or the folder's own Validation split; "
-                 f"groups on both sides: {len(overlap)}",
+        "data": describe_data(data_dirs),
         "training": {"epochs": epochs_run, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
                      "learning_rate": learning_rate, "seed": seed, "sbi_fraction": sbi_fraction,
                      "validation_fraction": validation_fraction, "width": width,
@@ -587,7 +719,49 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
                      "minutes": round((time.time() - started) / 60, 1),
                      "epochs_total": previous_epochs + epochs_run,
                      "minutes_total": round(previous_minutes + (time.time() - started) / 60, 1),
-                     "backend": keras.backend.backend(), "gpu": _gpu_used()},
+                     "backend": keras.backend.backend(), "gpu": _gpu_used(),
+                     "train_faces": {s: int(((data.sources == s) & (data.splits == "train")).sum())
+                                     for s in sorted({str(s) for s in data.sources})}},
+    }
+    reviewed = reviewed_data([d for d in data_dirs if not is_pack(d)], dt.date.today().isoformat())
+    if reviewed:
+        card["reviewed_data"] = reviewed
+    if init_from:
+        card["initialised_from"] = {"file": str(init_from), "version": initial_card.get("version"),
+                                    "epochs": previous_epochs, "minutes": previous_minutes,
+                                    "input_size": initial_card.get("input_size")}
+    if deferred:
+        card["calibrated"] = False
+        card["calibration"] = ("pending: trained on face packs without validation faces; run "
+                               "`flask --app app calibrate --model THIS_FILE --data DIR...` with the folders packed")
+    else:
+        card.update(_calibrated_fields(model, data, val_index, seed, validation_fraction, overlap, card["training"]))
+    out_path.with_name("model_card.json").write_text(json.dumps(card, indent=2))
+    log(json.dumps(card.get("validation_metrics", {}), indent=1))
+    return card
+
+
+def _calibrated_fields(model, data: PackedData, val_index: np.ndarray, seed: int, validation_fraction: float,
+                       overlap: set, training: dict) -> dict:
+    """The card's fusion, band, split and validation metrics, fitted on the validation faces."""
+    fusion, band, metrics = calibrate(model, data, val_index, seed)
+    sources_used = sorted({str(s) for s in data.sources})
+    fields = {
+        "calibrated": True,
+        "fusion": fusion,
+        "calibration": "Platt scaling of each head on validation data for its own task (generation: the "
+                       "datasets' real vs fake; blending: validation reals vs self-blended fakes made from "
+                       "them), sources weighted equally and classes balanced; P(fake) = the higher of the two",
+        "threshold": 0.5,
+        "uncertain_band": list(band),
+        "uncertain_band_rule": "outside the band, validation verdicts were right >= 90 % of the time",
+        "counts": {s: {"train": int(training.get("train_faces", {}).get(
+                           s, ((data.sources == s) & (data.splits == "train")).sum())),
+                       "validation": int(((data.sources == s) & (data.splits == "validation")).sum())}
+                   for s in sources_used},
+        "split": f"validation = {validation_fraction:.0%} of groups by hash (groups.csv groups: a fake shares "
+                 "the group of its source video), or the folder's own Validation split; "
+                 f"groups on both sides: {len(overlap)}",
         "validation_metrics": metrics,
         "metrics_note": "ROC-AUC per validation source for each head alone, for the shipped fusion "
                         "(max of calibrated heads) and for the alternative (one logistic regression over both "
@@ -596,16 +770,37 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
                         "reals (a proxy for unseen face swaps). The fusion's 4 numbers are fitted on the same "
                         "validation data they are reported on.",
     }
-    card["known_limits"] = known_limits(metrics, {**card["training"], "input_size": input_size},
-                                        model.count_params(), sources_used)
-    reviewed = reviewed_data(data_dirs, dt.date.today().isoformat())
-    if reviewed:
-        card["reviewed_data"] = reviewed
-    if init_from:
-        card["initialised_from"] = {"file": str(init_from), "version": initial_card.get("version"),
-                                    "epochs": previous_epochs, "minutes": previous_minutes}
-    out_path.with_name("model_card.json").write_text(json.dumps(card, indent=2))
-    log(json.dumps(metrics, indent=1))
+    fields["known_limits"] = known_limits(metrics, {**training, "input_size": data.crops.shape[1]},
+                                          model.count_params(), sources_used)
+    return fields
+
+
+def calibrate_model(model_path: str | Path, data_dirs: list[str], *, cache_dir: str | Path = "data/cache",
+                    log=print) -> dict:
+    """Fit (or refit) a trained model's fusion, uncertain band and validation metrics on the
+    validation faces of DIRs (same seed and split as its training) and rewrite its card. The step
+    that completes a model trained on a GPU from face packs; the model file is not changed."""
+    model_path = Path(model_path)
+    card_path = model_path.with_name("model_card.json")
+    if not card_path.is_file():
+        raise ValueError(f"{card_path} is missing: calibrate needs the card written by `train`.")
+    card = json.loads(card_path.read_text())
+    input_size = int(card.get("input_size", 128))
+    model, _ = load_initial_model(model_path, input_size, exact_size=True)
+    training = card.get("training", {})
+    seed, fraction = int(training.get("seed", 0)), float(training.get("validation_fraction", 0.15))
+    data = load_packed(data_dirs, input_size, cache_dir, seed, fraction, log)
+    val_index = np.flatnonzero(data.splits == "validation")
+    if len(val_index) == 0:
+        raise ValueError("These folders have no validation faces at this seed and split.")
+    trained_sources = {str(s) for s in (training.get("train_faces") or {})}
+    missing = trained_sources - {str(s) for s in data.sources}
+    if missing:
+        raise ValueError(f"The model was trained on {', '.join(sorted(missing))}: pass those folders too.")
+    overlap = set(data.groups[data.splits == "train"]) & set(data.groups[val_index])
+    card.update(_calibrated_fields(model, data, val_index, seed, fraction, overlap, training))
+    card_path.write_text(json.dumps(card, indent=2))
+    log(json.dumps(card["validation_metrics"], indent=1))
     return card
 
 

@@ -1,0 +1,62 @@
+"""The training command without Flask: `python -m utils.train_cli --data pack.npz --out m.keras ...`.
+
+`flask train` and this module share one set of options (train_options) and one call (run_training),
+so a GPU machine that has Keras but not this web app's packages (KERAS_BACKEND=jax or torch) runs
+exactly the training `flask train` runs here. See the README, "Training on a GPU".
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+_OPTIONS = [
+    click.option("--data", "data_dirs", multiple=True, required=True, type=click.Path(exists=True),
+                 help="DIR/{real,fake}, DIR/{Train,Validation,Test}/{Real,Fake}, or a face pack (.npz from "
+                      "`flask pack-faces`); repeat to combine."),
+    click.option("--epochs", type=int, default=10),
+    click.option("--steps-per-epoch", type=int, default=200),
+    click.option("--batch-size", type=int, default=48),
+    click.option("--input-size", type=int, default=128),
+    click.option("--width", type=float, default=1.0, help="Channel multiplier of the network."),
+    click.option("--learning-rate", type=float, default=2e-3),
+    click.option("--minutes", type=float, default=None, help="Stop after the epoch that passes this budget."),
+    click.option("--seed", type=int, default=0),
+    click.option("--init-from", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="Continue training this .keras model (same network and input size; keep its seed)."),
+    click.option("--loader-workers", type=int, default=1,
+                 help="Threads preparing batches (raise it where a GPU waits for one CPU core)."),
+]
+
+
+def train_options(command):
+    """The options of `flask train` and `python -m utils.train_cli` (--out is each one's own)."""
+    for option in reversed(_OPTIONS):
+        command = option(command)
+    return command
+
+
+def run_training(out: str | Path, cache_dir: str | Path, **options) -> None:
+    """Train with the parsed options; a bad input becomes a one-line error, not a traceback."""
+    from utils.train import train
+
+    try:
+        card = train(list(options.pop("data_dirs")), out, max_minutes=options.pop("minutes"), cache_dir=cache_dir,
+                     log=lambda m: click.echo(m, err=True), **options)
+    except ValueError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"wrote {out} (version {card['version']}) and {Path(out).with_name('model_card.json')}")
+
+
+@click.command()
+@train_options
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Model file to write.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default="data/cache",
+              help="Where cropped faces of dataset folders are cached.")
+def main(out, cache_dir, **options):
+    """Train the detector (same code and options as `flask train`)."""
+    run_training(out, cache_dir, **options)
+
+
+if __name__ == "__main__":
+    main()
