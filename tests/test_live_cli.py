@@ -116,5 +116,5 @@ def test_ctrl_c_ends_cleanly_with_a_summary(tmp_path, long_video):
             process.kill()
     assert process.returncode == 0
     summary = json_lines(rest)[-1]["summary"]
-    assert summary["ended"] == "interrupted"
+    assert summary["ended"] == "interrupted", summary
     assert summary["frames_scored"] >= 1 and summary["seconds"] < 30

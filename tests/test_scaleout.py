@@ -249,18 +249,27 @@ def test_starting_worker_picks_up_queued_rows_whose_jobs_were_lost(rq_setup):
 def test_web_process_puts_a_dead_workers_job_back_in_the_queue_even_with_no_worker_up(rq_setup):
     from models import utcnow
 
+    from rq.exceptions import NoSuchJobError
+
+    def rq_job_status(job_id):
+        try:
+            return rq_job(rq_setup, job_id).get_status()
+        except NoSuchJobError:
+            return None
+
     app = rq_setup.app(JOB_RECOVER_ON_START=True)
     long_ago = utcnow() - timedelta(minutes=5)
     [orphan] = add_queued(app, add_user(app), status="running", attempts=1, job_id="analysis-x-dead",
                           started_at=long_ago, heartbeat_at=long_ago)
 
     app.test_client().get("/healthz")  # a web process starts serving
-    # The sweep first marks the row queued without a job, then enqueues it and records the new job id.
+    # The sweep marks the row queued without a job, records the new job id, then pushes that job to
+    # Redis (in this order, so a worker never runs a job the row does not name): wait for both.
     requeued = wait_for(lambda: (r := row(app, orphan)).status == "queued"
-                        and r.job_id not in (None, "analysis-x-dead") and r, timeout=10,
-                        what="the row to be queued again under a new job")
+                        and r.job_id not in (None, "analysis-x-dead") and rq_job_status(r.job_id) and r,
+                        timeout=10, what="the row to be queued again under a new job, and that job in Redis")
 
-    assert rq_job(rq_setup, requeued.job_id).get_status() == "queued"  # waiting for any worker
+    assert rq_job_status(requeued.job_id) == "queued"  # waiting for any worker
     assert requeued.attempts == 1
 
 
