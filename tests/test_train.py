@@ -100,6 +100,38 @@ def test_self_blend_changes_the_face_not_the_corners():
     assert diff[:8, :8].mean() < 0.5 and diff[-8:, -8:].mean() < 0.5
 
 
+def batch_sources(source_balance: str, sizes: dict[str, int]) -> tuple[list[str], np.ndarray]:
+    """The sources of the real and fake places of one training batch, with labels (no SBI)."""
+    from utils.train import PackedData, make_batches
+
+    sources = np.concatenate([[name] * n for name, n in sizes.items()])
+    labels = np.arange(len(sources)) % 2
+    names = list(sizes)
+    # one flat grey per source, far apart: the colour augmentation (brightness, contrast) keeps them apart
+    crops = np.stack([np.full((16, 16, 3), 30 if s == names[0] else 220, np.uint8) for s in sources])
+    data = PackedData(crops, labels, sources, np.array(["train"] * len(sources)), np.arange(len(sources)).astype(str))
+    batches = make_batches(data, np.arange(len(sources)), batch_size=36, steps=1, seed=0, sbi_fraction=0.0,
+                           source_balance=source_balance)
+    images, heads = batches[0]
+    levels = np.median(images.reshape(len(images), -1), axis=1)
+    return [names[0] if level < 125 else names[1] for level in levels], heads[:, 0]
+
+
+def test_source_balance_equal_gives_each_source_half_the_places():
+    sources, labels = batch_sources("equal", {"big": 160, "small": 10})
+    assert sources.count("big") == sources.count("small") == 18
+    assert list(labels).count(0) == list(labels).count(1) == 18
+
+
+def test_source_balance_sqrt_gives_a_large_source_more_places_and_refuses_unknown_modes():
+    sources, labels = batch_sources("sqrt", {"big": 160, "small": 10})
+    # sqrt(160) : sqrt(10) = 4 : 1 of the 18 reals and of the 18 fakes -> 14 + 14 big, 4 + 4 small
+    assert sources.count("big") == 28 and sources.count("small") == 8
+    assert list(labels).count(0) == list(labels).count(1) == 18
+    with pytest.raises(ValueError, match="source_balance"):
+        batch_sources("by-size", {"big": 4, "small": 4})
+
+
 # ---------------------------------------------------------------- metrics and calibration
 
 def test_roc_auc_known_values():
@@ -204,9 +236,11 @@ def test_train_continues_from_a_model_and_records_reviewed_data(tmp_path, app):
     # A learning rate of ~0 keeps the weights: the continued model must be the first one, not a fresh network.
     second = tmp_path / "second" / "detector.keras"
     result = runner.invoke(args=["train", "--data", str(data_dir), "--data", str(reviewed_dir), "--out", str(second),
-                                 "--init-from", str(first), "--learning-rate", "1e-12", *common])
+                                 "--init-from", str(first), "--learning-rate", "1e-12", "--source-balance", "sqrt",
+                                 *common])
     assert result.exit_code == 0, result.output
     card = json.loads(second.with_name("model_card.json").read_text())
+    assert first_card["training"]["source_balance"] == "equal" and card["training"]["source_balance"] == "sqrt"
     assert card["initialised_from"]["version"] == first_card["version"]
     assert card["initialised_from"]["file"] == str(first)
     assert card["training"]["epochs"] == 1 and card["training"]["epochs_total"] == 2

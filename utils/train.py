@@ -446,17 +446,40 @@ def _batch_plan(data: PackedData, index: np.ndarray) -> dict:
     return pools
 
 
+SOURCE_BALANCES = ("equal", "sqrt")
+
+
+def batch_slots(keys: list, count: int, balance: str, sizes: dict[str, int]) -> list:
+    """Which pool each of `count` batch places draws from. equal: the pools in turn. sqrt: shares
+    proportional to the square root of each pool's source size (largest remainders), interleaved, so
+    a large source (DFDC) fills more of the batch and a small one (StyleGAN) is repeated less."""
+    if balance == "equal" or len(keys) < 2:
+        return [keys[i % len(keys)] for i in range(count)]
+    weights = np.sqrt([sizes[key[0]] for key in keys])
+    exact = count * weights / weights.sum()
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(exact - counts)[::-1][:count - counts.sum()]:
+        counts[i] += 1
+    positions = sorted((j / c, k) for k, c in enumerate(counts) for j in range(c))
+    return [keys[k] for _, k in positions]
+
+
 def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: int, seed: int,
-                 sbi_fraction: float = 0.25, first_epoch: int = 0, workers: int = 1):
+                 sbi_fraction: float = 0.25, first_epoch: int = 0, workers: int = 1,
+                 source_balance: str = "equal"):
     """A keras PyDataset yielding (uint8 crops, [N,2] head labels) with -1 = ignored by that head.
     `first_epoch` lets a continued run draw new batches instead of replaying the first run's.
     `workers` threads build batches ahead (for a GPU that outruns one core); each batch is seeded by
-    (seed, epoch, step), so the batches are the same whatever the count."""
+    (seed, epoch, step), so the batches are the same whatever the count.
+    `source_balance` (batch_slots) decides how the real and fake places are shared among sources."""
     import keras
 
+    if source_balance not in SOURCE_BALANCES:
+        raise ValueError(f"source_balance must be one of {SOURCE_BALANCES}, not {source_balance!r}")
     pools = _batch_plan(data, index)
     real_pools = [k for k in pools if k[1] == 0]
     fake_pools = [k for k in pools if k[1] == 1]
+    sizes = {str(s): int((data.sources[index] == s).sum()) for s in np.unique(data.sources[index])}
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
@@ -475,8 +498,8 @@ def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: in
             n_each = (batch_size - n_sbi) // 2
             xs, ys = [], []
             for count, keys, label in ((n_each, real_pools, 0), (batch_size - n_sbi - n_each, fake_pools, 1)):
-                for i in range(count):
-                    rows = pools[keys[i % len(keys)]]
+                for key in batch_slots(keys, count, source_balance, sizes):
+                    rows = pools[key]
                     img = data.crops[rows[rng.integers(len(rows))]]
                     xs.append(augment(np.asarray(img), rng))
                     ys.append((label, 0 if label == 0 else -1))
@@ -637,7 +660,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
           steps_per_epoch: int = 200, batch_size: int = 48, learning_rate: float = 2e-3, seed: int = 0,
           width: float = 1.0, max_minutes: float | None = None, cache_dir: str | Path = "data/cache",
           validation_fraction: float = 0.15, sbi_fraction: float = 0.25, init_from: str | Path | None = None,
-          loader_workers: int = 1, log=print) -> dict:
+          loader_workers: int = 1, source_balance: str = "equal", log=print) -> dict:
     """Train, calibrate on the validation split, write the .keras model and model_card.json.
     init_from: continue from that .keras model (same network and input size); keep the first run's
     seed and validation fraction so the validation split, and so the card's numbers, stay held out.
@@ -684,7 +707,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss=masked_bce,
                   jit_compile=False)
     batches = make_batches(data, train_index, batch_size, steps_per_epoch, seed, sbi_fraction,
-                           first_epoch=previous_epochs, workers=loader_workers)
+                           first_epoch=previous_epochs, workers=loader_workers, source_balance=source_balance)
 
     class TimeBudget(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -714,6 +737,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
         "data": describe_data(data_dirs),
         "training": {"epochs": epochs_run, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
                      "learning_rate": learning_rate, "seed": seed, "sbi_fraction": sbi_fraction,
+                     "source_balance": source_balance,
                      "validation_fraction": validation_fraction, "width": width,
                      "augmentation": "flip, framing jitter, down/up-scaling, blur, colour, noise, JPEG 35-95",
                      "minutes": round((time.time() - started) / 60, 1),

@@ -24,6 +24,8 @@ _OPTIONS = [
     click.option("--seed", type=int, default=0),
     click.option("--init-from", type=click.Path(exists=True, dir_okay=False), default=None,
                  help="Continue training this .keras model (same network and input size; keep its seed)."),
+    click.option("--source-balance", type=click.Choice(["equal", "sqrt"]), default="equal",
+                 help="Share of each batch per source: equal, or by the square root of its training faces."),
     click.option("--loader-workers", type=int, default=1,
                  help="Threads preparing batches (raise it where a GPU waits for one CPU core)."),
 ]
