@@ -21,6 +21,9 @@ seen_stages: list[tuple[int, str]] = []
 _running_now = 0
 max_running_at_once = 0
 _lock = threading.Lock()
+# When a test sets this, staged() jobs wait for it before their first step (at most GATE_TIMEOUT_S).
+gate: threading.Event | None = None
+GATE_TIMEOUT_S = 10.0
 
 
 def reset() -> None:
@@ -45,6 +48,8 @@ def staged(analysis_id: int, progress) -> None:
         _running_now += 1
         max_running_at_once = max(max_running_at_once, _running_now)
     try:
+        if gate is not None:
+            gate.wait(GATE_TIMEOUT_S)
         analysis = db.session.get(Analysis, analysis_id)
         analysis.status = "running"
         db.session.commit()

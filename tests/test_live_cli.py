@@ -105,7 +105,10 @@ def test_ctrl_c_ends_cleanly_with_a_summary(tmp_path, long_video):
                UPLOAD_FOLDER=str(tmp_path / "uploads"), DERIVED_FOLDER=str(tmp_path / "derived"))
     process = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "app", "live", "--source", str(long_video), "--json"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        # As from a terminal: Ctrl-C's default action. A suite started in the background ('make test &')
+        # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler at all.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = process.stdout.readline()
         assert json.loads(first)["frames"] >= 1
