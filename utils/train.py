@@ -480,6 +480,10 @@ def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: in
     real_pools = [k for k in pools if k[1] == 0]
     fake_pools = [k for k in pools if k[1] == 1]
     sizes = {str(s): int((data.sources[index] == s).sum()) for s in np.unique(data.sources[index])}
+    n_sbi = int(batch_size * sbi_fraction)
+    n_each = (batch_size - n_sbi) // 2
+    places = ((batch_slots(real_pools, n_each, source_balance, sizes), 0),
+              (batch_slots(fake_pools, batch_size - n_sbi - n_each, source_balance, sizes), 1))
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
@@ -494,11 +498,9 @@ def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: in
 
         def __getitem__(self, step):
             rng = np.random.default_rng([seed, self.epoch, step])
-            n_sbi = int(batch_size * sbi_fraction)
-            n_each = (batch_size - n_sbi) // 2
             xs, ys = [], []
-            for count, keys, label in ((n_each, real_pools, 0), (batch_size - n_sbi - n_each, fake_pools, 1)):
-                for key in batch_slots(keys, count, source_balance, sizes):
+            for keys, label in places:
+                for key in keys:
                     rows = pools[key]
                     img = data.crops[rows[rng.integers(len(rows))]]
                     xs.append(augment(np.asarray(img), rng))
