@@ -195,6 +195,11 @@ def test_video_shows_progress_then_timeline(new_page, media, job_gate):
 
 def test_upload_form_by_keyboard_alone(new_page, media):
     page = new_page()
+    # Playwright turns on the browser's file-chooser interception only when a listener exists, by a
+    # message it does not wait for; the Space press could overtake it (the headless chooser then
+    # opens uncaught and the wait times out: seen once in CI). A listener from here on means the
+    # interception is on long before Space is pressed.
+    page.on("filechooser", lambda chooser: None)
     register(page, f"keys-{uuid.uuid4().hex[:8]}@example.com")
     page.goto("/upload")
     for _ in range(30):
