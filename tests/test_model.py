@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = Path(__file__).resolve().parents[1] / "utils" / "weights" / "detector.keras"
 
 
-def make_tiny_model(folder: Path, input_size: int = 32, fusion=None) -> Path:
+def make_tiny_model(folder: Path, input_size: int = 32, fusion=None, **card_fields) -> Path:
     """A randomly initialised network of the shipped architecture plus a card, for fast tests."""
     import keras
 
@@ -29,7 +29,7 @@ def make_tiny_model(folder: Path, input_size: int = 32, fusion=None) -> Path:
     path = folder / "detector.keras"
     build_model(input_size, width=0.25).save(path)
     card = {"version": "test-1", "input_size": input_size, "threshold": 0.5, "uncertain_band": [0.4, 0.6],
-            "fusion": fusion or {"weights": [1.0, 0.5], "bias": -0.1}}
+            "fusion": fusion or {"weights": [1.0, 0.5], "bias": -0.1}, **card_fields}
     (folder / "model_card.json").write_text(json.dumps(card))
     return path
 
@@ -67,6 +67,29 @@ def test_score_is_the_card_fusion_of_the_head_logits(tiny_model):
     assert np.allclose(detector.score(batch), expected, atol=1e-6)
     direct = detector.model(batch.astype(np.float32), training=False).numpy()
     assert np.allclose(logits, direct, atol=1e-4)
+
+
+def test_mirror_average_scores_a_face_and_its_mirror_alike_when_the_card_says_so(tmp_path):
+    def with_order_one_logits(detector):  # a fresh network's logits are ~1e-6: scale its head up
+        head = detector.model.get_layer("logits")
+        kernel, bias = head.get_weights()
+        head.set_weights([kernel * 1e5, bias])
+        return detector
+
+    batch = crops(model_module.BATCH + 3, seed=9)  # more than one chunk
+    mirrored = batch[:, :, ::-1]
+    plain = with_order_one_logits(Detector(make_tiny_model(tmp_path / "plain")))
+    assert plain.mirror_average is False  # cards calibrated before mirror averaging keep their scoring
+    assert np.abs(plain.logits(batch)).mean() > 0.05
+    assert not np.allclose(plain.logits(batch), plain.logits(mirrored), atol=1e-2)
+
+    averaging = with_order_one_logits(Detector(make_tiny_model(tmp_path / "mirror", mirror_average=True)))
+    logits = averaging.logits(batch)
+    assert np.allclose(logits, averaging.logits(mirrored), atol=1e-5)
+    direct = [averaging.model(x.astype(np.float32), training=False).numpy() for x in (batch, mirrored)]
+    assert np.allclose(logits, (direct[0] + direct[1]) / 2, atol=1e-4)
+    assert np.allclose(averaging.score(batch), averaging.fusion.probability(logits), atol=1e-6)
+    assert averaging.score(batch[4:5])[0] == pytest.approx(averaging.score(batch)[4], abs=1e-5)
 
 
 def test_large_batches_are_split_consistently(tiny_model):

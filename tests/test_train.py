@@ -377,7 +377,21 @@ def test_train_on_a_pack_defers_calibration_and_calibrate_completes_the_card(tmp
     assert card["calibrated"] is True and card["fusion"]["mode"] == "max"
     assert card["validation_metrics"]["tiny"]["n"] > 0
     assert card["counts"]["tiny"]["train"] == card["training"]["train_faces"]["tiny"]
+    assert card["mirror_average"] is True
     assert Detector(out).score(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2,)
+    trained_version = card["version"]
+
+    # Calibrating again changes nothing, so the version stays; a card whose scores came from another
+    # fusion (here: one fitted before mirror averaging) gets a new version when it is refitted.
+    assert runner.invoke(args=["calibrate", "--model", str(out), "--data", str(data_dir)]).exit_code == 0
+    assert json.loads((out.parent / "model_card.json").read_text())["version"] == trained_version
+    card.pop("mirror_average")
+    (out.parent / "model_card.json").write_text(json.dumps(card))
+    result = runner.invoke(args=["calibrate", "--model", str(out), "--data", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    card = json.loads((out.parent / "model_card.json").read_text())
+    assert card["mirror_average"] is True and card["version"] != trained_version
+    assert f"version {card['version']}" in result.output
 
 
 def test_pack_and_train_refuse_what_would_leak_or_cannot_be_read(tmp_path, app):

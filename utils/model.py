@@ -78,6 +78,14 @@ def card_path_for(model_path: str | Path) -> Path:
     return Path(model_path).with_name("model_card.json")
 
 
+def mirrored_mean(run, crops: np.ndarray) -> np.ndarray:
+    """Head logits averaged over each crop and its mirror image, in one call of `run` (a batch of
+    2N). A face and its mirror are the same evidence; averaging the two views cancels part of the
+    network's left/right noise (validation ROC-AUC gains in the README, paired on the same faces)."""
+    both = np.asarray(run(np.concatenate([crops, crops[:, :, ::-1]])))
+    return (both[:len(crops)] + both[len(crops):]) / 2
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
@@ -144,6 +152,8 @@ class Detector:
         band = self.card.get("uncertain_band", [self.threshold, self.threshold])
         self.uncertain_band = (float(band[0]), float(band[1]))
         self.fusion = Fusion.from_card(self.card.get("fusion") or {}, self.model.output_shape[-1])
+        # The fusion was fitted on mirror-averaged logits only when the card says so (older cards: no).
+        self.mirror_average = bool(self.card.get("mirror_average", False))
         self.head_names = list(self.card.get("heads", ["generation", "blending"]))
         self._tf = tf
         self._lock = threading.Lock()
@@ -162,13 +172,18 @@ class Detector:
         return np.ascontiguousarray(crops, dtype=np.uint8)
 
     def logits(self, crops: np.ndarray) -> np.ndarray:
-        """Raw per-head logits [N, heads] (for evaluation and calibration)."""
+        """Per-head logits [N, heads], averaged over each crop and its mirror where the card says
+        the fusion was fitted that way (for evaluation and calibration)."""
         crops = self._check(crops)
         if len(crops) == 0:
             return np.zeros((0, self.model.output_shape[-1]), np.float32)
         parts = []
         for start in range(0, len(crops), BATCH):
-            parts.append(self._logits_fn(crops[start:start + BATCH]).numpy())
+            chunk = crops[start:start + BATCH]
+            if self.mirror_average:
+                parts.append(mirrored_mean(lambda x: self._logits_fn(x).numpy(), chunk))
+            else:
+                parts.append(self._logits_fn(chunk).numpy())
         return np.concatenate(parts).astype(np.float32)
 
     def score(self, crops: np.ndarray) -> np.ndarray:
@@ -176,7 +191,8 @@ class Detector:
         return self.fusion.probability(self.logits(crops))
 
     def heatmaps(self, crops: np.ndarray) -> np.ndarray:
-        """Grad-CAM of the fused fake logit on the last convolution: where the evidence sits, 0..1."""
+        """Grad-CAM of the fused fake logit on the last convolution: where the evidence sits, 0..1.
+        Computed on the crop as shown (not its mirror), so the map lines up with the picture."""
         tf = self._tf
         import keras
 

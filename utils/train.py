@@ -537,9 +537,15 @@ def validation_set(data: PackedData, index: np.ndarray, seed: int, sbi_per_sourc
     return np.concatenate(crops), np.concatenate(labels), np.concatenate(sources).astype(str)
 
 
-def _batched_logits(model, crops: np.ndarray, batch: int = 128) -> np.ndarray:
-    """Logits on any Keras backend (predict_on_batch runs the backend's compiled predict step)."""
-    out = [np.asarray(model.predict_on_batch(np.asarray(crops[i:i + batch], np.float32)))
+def _batched_logits(model, crops: np.ndarray, batch: int = 128, mirror_average: bool = True) -> np.ndarray:
+    """Logits on any Keras backend (predict_on_batch runs the backend's compiled predict step),
+    averaged over each crop and its mirror as the Detector does for cards with mirror_average."""
+    from utils.model import mirrored_mean
+
+    def run(x):
+        return np.asarray(model.predict_on_batch(np.asarray(x, np.float32)))
+
+    out = [mirrored_mean(run, crops[i:i + batch]) if mirror_average else run(crops[i:i + batch])
            for i in range(0, len(crops), batch)]
     return np.concatenate(out) if out else np.zeros((0, len(HEADS)), np.float32)
 
@@ -775,9 +781,11 @@ def _calibrated_fields(model, data: PackedData, val_index: np.ndarray, seed: int
     fields = {
         "calibrated": True,
         "fusion": fusion,
+        "mirror_average": True,
         "calibration": "Platt scaling of each head on validation data for its own task (generation: the "
                        "datasets' real vs fake; blending: validation reals vs self-blended fakes made from "
-                       "them), sources weighted equally and classes balanced; P(fake) = the higher of the two",
+                       "them), sources weighted equally and classes balanced; P(fake) = the higher of the two. "
+                       "Each head's logit is the mean over the crop and its mirror image (mirror_average)",
         "threshold": 0.5,
         "uncertain_band": list(band),
         "uncertain_band_rule": "outside the band, validation verdicts were right >= 90 % of the time",
@@ -799,6 +807,12 @@ def _calibrated_fields(model, data: PackedData, val_index: np.ndarray, seed: int
     fields["known_limits"] = known_limits(metrics, {**training, "input_size": data.crops.shape[1]},
                                           model.count_params(), sources_used)
     return fields
+
+
+def _scoring_fingerprint(card: dict) -> str:
+    """What, besides the weights, decides a card's scores and verdicts."""
+    return json.dumps([card.get(k) for k in ("fusion", "mirror_average", "threshold", "uncertain_band")],
+                      sort_keys=True)
 
 
 def calibrate_model(model_path: str | Path, data_dirs: list[str], *, cache_dir: str | Path = "data/cache",
@@ -824,7 +838,11 @@ def calibrate_model(model_path: str | Path, data_dirs: list[str], *, cache_dir: 
     if missing:
         raise ValueError(f"The model was trained on {', '.join(sorted(missing))}: pass those folders too.")
     overlap = set(data.groups[data.splits == "train"]) & set(data.groups[val_index])
+    was_calibrated, scoring_before = card.get("calibrated") is not False, _scoring_fingerprint(card)
     card.update(_calibrated_fields(model, data, val_index, seed, fraction, overlap, training))
+    if was_calibrated and scoring_before != _scoring_fingerprint(card):  # same weights, other scores
+        digest = hashlib.sha256(model_path.read_bytes() + _scoring_fingerprint(card).encode()).hexdigest()[:10]
+        card["version"] = f"{dt.date.today().isoformat()}-{digest}"
     card_path.write_text(json.dumps(card, indent=2))
     log(json.dumps(card["validation_metrics"], indent=1))
     return card
