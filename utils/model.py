@@ -177,13 +177,11 @@ class Detector:
         crops = self._check(crops)
         if len(crops) == 0:
             return np.zeros((0, self.model.output_shape[-1]), np.float32)
-        parts = []
-        for start in range(0, len(crops), BATCH):
-            chunk = crops[start:start + BATCH]
-            if self.mirror_average:
-                parts.append(mirrored_mean(lambda x: self._logits_fn(x).numpy(), chunk))
-            else:
-                parts.append(self._logits_fn(chunk).numpy())
+        def run(x):
+            return self._logits_fn(x).numpy()
+
+        parts = [mirrored_mean(run, crops[i:i + BATCH]) if self.mirror_average else run(crops[i:i + BATCH])
+                 for i in range(0, len(crops), BATCH)]
         return np.concatenate(parts).astype(np.float32)
 
     def score(self, crops: np.ndarray) -> np.ndarray:

@@ -731,11 +731,10 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model.save(out_path)
-    digest = hashlib.sha256(out_path.read_bytes()).hexdigest()[:10]
     face_detector = (pack_meta(packs[0])["face_detector"] if len(packs) == len(data_dirs)
                      else convert.get_face_finder().name)
     card = {
-        "version": f"{dt.date.today().isoformat()}-{digest}",
+        "version": _model_version(out_path.read_bytes()),
         "architecture": "separable CNN, RGB + high-pass residual input, two logit heads; "
                         f"{model.count_params()} parameters",
         "input_size": input_size,
@@ -809,6 +808,12 @@ def _calibrated_fields(model, data: PackedData, val_index: np.ndarray, seed: int
     return fields
 
 
+def _model_version(*contents: bytes) -> str:
+    """Today's date and a digest of what the scores depend on (the model file, and after a refit
+    its scoring fields), so that stored verdicts name what produced them."""
+    return f"{dt.date.today().isoformat()}-{hashlib.sha256(b''.join(contents)).hexdigest()[:10]}"
+
+
 def _scoring_fingerprint(card: dict) -> str:
     """What, besides the weights, decides a card's scores and verdicts."""
     return json.dumps([card.get(k) for k in ("fusion", "mirror_average", "threshold", "uncertain_band")],
@@ -840,9 +845,9 @@ def calibrate_model(model_path: str | Path, data_dirs: list[str], *, cache_dir: 
     overlap = set(data.groups[data.splits == "train"]) & set(data.groups[val_index])
     was_calibrated, scoring_before = card.get("calibrated") is not False, _scoring_fingerprint(card)
     card.update(_calibrated_fields(model, data, val_index, seed, fraction, overlap, training))
-    if was_calibrated and scoring_before != _scoring_fingerprint(card):  # same weights, other scores
-        digest = hashlib.sha256(model_path.read_bytes() + _scoring_fingerprint(card).encode()).hexdigest()[:10]
-        card["version"] = f"{dt.date.today().isoformat()}-{digest}"
+    scoring_after = _scoring_fingerprint(card)
+    if was_calibrated and scoring_before != scoring_after:  # same weights, other scores: a new version
+        card["version"] = _model_version(model_path.read_bytes(), scoring_after.encode())
     card_path.write_text(json.dumps(card, indent=2))
     log(json.dumps(card["validation_metrics"], indent=1))
     return card
