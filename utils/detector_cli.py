@@ -123,14 +123,17 @@ def register(app: Flask) -> None:
     @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), required=True)
     @click.option("--data", "data_dirs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
                   help="The dataset folders the model's training data came from (their validation split is used).")
+    @click.option("--mirror-average/--no-mirror-average", default=None,
+                  help="Fit and score on the mean of each face's and its mirror image's logits "
+                       "(default: what the card says; off when it says nothing).")
     @with_appcontext
-    def calibrate_command(model_path, data_dirs):
+    def calibrate_command(model_path, data_dirs, mirror_average):
         """Fit the fusion, uncertain band and validation metrics of a trained model; rewrite its card."""
         from utils.train import calibrate_model
 
         try:
             card = calibrate_model(model_path, list(data_dirs), cache_dir=_cache_dir(),
-                                   log=lambda m: click.echo(m, err=True))
+                                   mirror_average=mirror_average, log=lambda m: click.echo(m, err=True))
         except ValueError as exc:
             raise click.ClickException(str(exc))
         aucs = ", ".join(f"{source} {m.get('shipped_roc_auc')}" for source, m in card["validation_metrics"].items())

@@ -537,7 +537,7 @@ def validation_set(data: PackedData, index: np.ndarray, seed: int, sbi_per_sourc
     return np.concatenate(crops), np.concatenate(labels), np.concatenate(sources).astype(str)
 
 
-def _batched_logits(model, crops: np.ndarray, batch: int = 128, mirror_average: bool = True) -> np.ndarray:
+def _batched_logits(model, crops: np.ndarray, batch: int = 128, mirror_average: bool = False) -> np.ndarray:
     """Logits on any Keras backend (predict_on_batch runs the backend's compiled predict step),
     averaged over each crop and its mirror as the Detector does for cards with mirror_average."""
     from utils.model import mirrored_mean
@@ -568,12 +568,14 @@ def _uncertain_band(probs: np.ndarray, labels: np.ndarray, threshold: float, tar
     return round(low, 3), round(high, 3)
 
 
-def calibrate(model, data: PackedData, val_index: np.ndarray, seed: int, threshold: float = 0.5):
-    """Fit the fusion on validation logits; return (card fusion dict, uncertain band, per-source metrics)."""
+def calibrate(model, data: PackedData, val_index: np.ndarray, seed: int, threshold: float = 0.5,
+              mirror_average: bool = False):
+    """Fit the fusion on validation logits (mirror-averaged when the card will score that way);
+    return (card fusion dict, uncertain band, per-source metrics)."""
     from utils.model import Fusion
 
     val_crops, val_labels, val_sources = validation_set(data, val_index, seed)
-    logits = _batched_logits(model, val_crops)
+    logits = _batched_logits(model, val_crops, mirror_average=mirror_average)
     weights = np.zeros(len(val_labels))
     for source in np.unique(val_sources):
         for label in (0, 1):
@@ -668,8 +670,11 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
           steps_per_epoch: int = 200, batch_size: int = 48, learning_rate: float = 2e-3, seed: int = 0,
           width: float = 1.0, max_minutes: float | None = None, cache_dir: str | Path = "data/cache",
           validation_fraction: float = 0.15, sbi_fraction: float = 0.25, init_from: str | Path | None = None,
-          loader_workers: int = 1, source_balance: str = "equal", log=print) -> dict:
+          loader_workers: int = 1, source_balance: str = "equal", mirror_average: bool = False,
+          log=print) -> dict:
     """Train, calibrate on the validation split, write the .keras model and model_card.json.
+    mirror_average: score each face as the mean of its and its mirror image's logits (off by default:
+    better on the validation split, worse on the unseen FF++ faces; README "Run 7 and mirror averaging").
     init_from: continue from that .keras model (same network and input size); keep the first run's
     seed and validation fraction so the validation split, and so the card's numbers, stay held out.
     Trained on face packs alone (no validation faces: the GPU route), the card is written with
@@ -741,6 +746,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
         "face_margin": convert.FACE_MARGIN,
         "face_detector": face_detector,
         "heads": list(HEADS),
+        "mirror_average": bool(mirror_average),
         "data": describe_data(data_dirs),
         "training": {"epochs": epochs_run, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
                      "learning_rate": learning_rate, "seed": seed, "sbi_fraction": sbi_fraction,
@@ -766,25 +772,27 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
         card["calibration"] = ("pending: trained on face packs without validation faces; run "
                                "`flask --app app calibrate --model THIS_FILE --data DIR...` with the folders packed")
     else:
-        card.update(_calibrated_fields(model, data, val_index, seed, validation_fraction, overlap, card["training"]))
+        card.update(_calibrated_fields(model, data, val_index, seed, validation_fraction, overlap, card["training"],
+                                       mirror_average))
     out_path.with_name("model_card.json").write_text(json.dumps(card, indent=2))
     log(json.dumps(card.get("validation_metrics", {}), indent=1))
     return card
 
 
 def _calibrated_fields(model, data: PackedData, val_index: np.ndarray, seed: int, validation_fraction: float,
-                       overlap: set, training: dict) -> dict:
+                       overlap: set, training: dict, mirror_average: bool) -> dict:
     """The card's fusion, band, split and validation metrics, fitted on the validation faces."""
-    fusion, band, metrics = calibrate(model, data, val_index, seed)
+    fusion, band, metrics = calibrate(model, data, val_index, seed, mirror_average=mirror_average)
     sources_used = sorted({str(s) for s in data.sources})
     fields = {
         "calibrated": True,
         "fusion": fusion,
-        "mirror_average": True,
+        "mirror_average": bool(mirror_average),
         "calibration": "Platt scaling of each head on validation data for its own task (generation: the "
                        "datasets' real vs fake; blending: validation reals vs self-blended fakes made from "
-                       "them), sources weighted equally and classes balanced; P(fake) = the higher of the two. "
-                       "Each head's logit is the mean over the crop and its mirror image (mirror_average)",
+                       "them), sources weighted equally and classes balanced; P(fake) = the higher of the two"
+                       + (". Each head's logit is the mean over the crop and its mirror image (mirror_average)"
+                          if mirror_average else ""),
         "threshold": 0.5,
         "uncertain_band": list(band),
         "uncertain_band_rule": "outside the band, validation verdicts were right >= 90 % of the time",
@@ -816,15 +824,16 @@ def _model_version(*contents: bytes) -> str:
 
 def _scoring_fingerprint(card: dict) -> str:
     """What, besides the weights, decides a card's scores and verdicts."""
-    return json.dumps([card.get(k) for k in ("fusion", "mirror_average", "threshold", "uncertain_band")],
-                      sort_keys=True)
+    return json.dumps([card.get("fusion"), bool(card.get("mirror_average", False)), card.get("threshold"),
+                       card.get("uncertain_band")], sort_keys=True)
 
 
 def calibrate_model(model_path: str | Path, data_dirs: list[str], *, cache_dir: str | Path = "data/cache",
-                    log=print) -> dict:
+                    mirror_average: bool | None = None, log=print) -> dict:
     """Fit (or refit) a trained model's fusion, uncertain band and validation metrics on the
     validation faces of DIRs (same seed and split as its training) and rewrite its card. The step
-    that completes a model trained on a GPU from face packs; the model file is not changed."""
+    that completes a model trained on a GPU from face packs; the model file is not changed.
+    mirror_average: None keeps what the card says (absent: off)."""
     model_path = Path(model_path)
     card_path = model_path.with_name("model_card.json")
     if not card_path.is_file():
@@ -844,7 +853,9 @@ def calibrate_model(model_path: str | Path, data_dirs: list[str], *, cache_dir: 
         raise ValueError(f"The model was trained on {', '.join(sorted(missing))}: pass those folders too.")
     overlap = set(data.groups[data.splits == "train"]) & set(data.groups[val_index])
     was_calibrated, scoring_before = card.get("calibrated") is not False, _scoring_fingerprint(card)
-    card.update(_calibrated_fields(model, data, val_index, seed, fraction, overlap, training))
+    if mirror_average is None:
+        mirror_average = bool(card.get("mirror_average", False))
+    card.update(_calibrated_fields(model, data, val_index, seed, fraction, overlap, training, mirror_average))
     scoring_after = _scoring_fingerprint(card)
     if was_calibrated and scoring_before != scoring_after:  # same weights, other scores: a new version
         card["version"] = _model_version(model_path.read_bytes(), scoring_after.encode())
