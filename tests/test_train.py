@@ -362,9 +362,10 @@ def test_train_on_a_pack_defers_calibration_and_calibrate_completes_the_card(tmp
     runner = app.test_cli_runner()
     result = runner.invoke(args=["train", "--data", str(pack), "--out", str(out), "--epochs", "1",
                                  "--steps-per-epoch", "2", "--batch-size", "8", "--input-size", "32",
-                                 "--width", "0.25", "--seed", "3", "--loader-workers", "2"])
+                                 "--width", "0.25", "--seed", "3", "--loader-workers", "2", "--sbi-fraction", "0.5"])
     assert result.exit_code == 0, result.output
     card = json.loads((out.parent / "model_card.json").read_text())
+    assert card["training"]["sbi_fraction"] == 0.5
     assert card["calibrated"] is False and "fusion" not in card and "validation_metrics" not in card
     assert card["mirror_average"] is False  # what `train` was told (default off); calibrate keeps it
     assert card["data"][0]["source"] == "tiny" and card["data"][0]["pack"] == "faces.npz"

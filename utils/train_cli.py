@@ -26,6 +26,8 @@ _OPTIONS = [
                  help="Continue training this .keras model (same network and input size; keep its seed)."),
     click.option("--source-balance", type=click.Choice(["equal", "sqrt"]), default="equal",
                  help="Share of each batch per source: equal, or by the square root of its training faces."),
+    click.option("--sbi-fraction", type=click.FloatRange(0.0, 0.9), default=0.25, show_default=True,
+                 help="Share of each batch made of self-blended pseudo-fakes (they train the blending head)."),
     click.option("--mirror-average/--no-mirror-average", default=False, show_default=True,
                  help="Score each face as the mean of its and its mirror image's logits (fitted that way "
                       "by calibration). Off: better on the validation split, worse on unseen FF++ faces."),
