@@ -255,6 +255,22 @@ def test_model_page_tolerates_a_sparse_card_and_records_reviewed_data(client, we
     assert "close to chance" not in html
 
 
+def test_model_page_shows_the_robustness_table(client, weights):
+    card = json.loads((weights / "model_card.json").read_text())
+    card["robustness"] = {
+        "dfdc": {"none": {"n": 4247, "roc_auc": 0.8153, "accuracy": 0.7309},
+                 "jpeg:50": {"n": 4247, "roc_auc": 0.7901, "accuracy": 0.70},
+                 "broken": "not a mapping", "blur:1": {"n": 4247, "roc_auc": "n/a"}},
+        "weird": ["not", "a", "table"]}
+    card["robustness_note"] = "degraded validation faces"
+    (weights / "model_card.json").write_text(json.dumps(card))
+    html = client.get("/model").get_data(as_text=True)
+    section = html[html.index('id="model-robustness"'):html.index('id="model-limits"')]
+    assert section.index("as stored") < section.index("jpeg:50") < section.index("blur:1")
+    assert "0.815" in section and "0.790" in section and "-0.025" in section
+    assert "broken" not in section and "weird" not in section and "degraded validation faces" in section
+
+
 def test_model_page_without_a_card(client, app, tmp_path):
     app.config["MODEL_PATH"] = str(tmp_path / "nowhere" / "detector.keras")
     response = client.get("/model")

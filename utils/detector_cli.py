@@ -146,23 +146,41 @@ def register(app: Flask) -> None:
                   help="Where the ROC and confusion PNGs go (default instance/evaluation/<data name>).")
     @click.option("--split", type=click.Choice(["all", "validation"]), default="all",
                   help="'validation': only what the model's training run held out.")
+    @click.option("--degrade", "degrade_specs", multiple=True, metavar="KIND:N",
+                  help="Degrade every face crop before scoring: jpeg:QUALITY, scale:FRACTION, blur:SIGMA or "
+                       "noise:SD; repeat to chain them in order (robustness check, image folders only).")
+    @click.option("--record", is_flag=True,
+                  help="Add the result to the model card's robustness table (with --split validation, image folders).")
     @with_appcontext
-    def evaluate_command(data_dir, model_path, out_dir, split):
+    def evaluate_command(data_dir, model_path, out_dir, split, degrade_specs, record):
         """Print accuracy, precision, recall, F1, ROC-AUC and the confusion matrix for DIR."""
-        from utils.model import ModelUnavailable
+        from utils.dataset import discover_videos
+        from utils.model import ModelUnavailable, card_path_for
+        from utils.robustness import parse_degradation, record_in_card
         from utils.train import evaluate
 
-        model_path = model_path or current_app.config["MODEL_PATH"]
-        out_dir = out_dir or Path(current_app.instance_path) / "evaluation" / Path(data_dir).name
         try:
-            result = evaluate(data_dir, model_path, out_dir, cache_dir=_cache_dir(), split=split)
-        except ModelUnavailable as exc:
+            degradations = [parse_degradation(spec) for spec in degrade_specs]
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--degrade")
+        if record and split != "validation":
+            raise click.UsageError("--record keeps held-out results only: add --split validation")
+        if record and discover_videos(data_dir):
+            raise click.UsageError(f"--record keeps results on face-image folders; {data_dir} holds videos")
+        model_path = model_path or current_app.config["MODEL_PATH"]
+        name = Path(data_dir).name + "".join(f"-{d.kind}{d.amount:g}" for d in degradations)
+        out_dir = out_dir or Path(current_app.instance_path) / "evaluation" / name
+        try:
+            result = evaluate(data_dir, model_path, out_dir, cache_dir=_cache_dir(), split=split,
+                              degradations=degradations)
+        except (ModelUnavailable, ValueError) as exc:
             raise click.ClickException(str(exc))
         c = result["confusion"]
         auc = "n/a" if result["roc_auc"] is None else f"{result['roc_auc']:.4f}"
         unit = "videos" if "videos" in result else "images"
+        degraded = "" if result.get("degradation", "none") == "none" else f", degraded: {result['degradation']}"
         click.echo(f"model {result['model_version']}, threshold {result['threshold']:.3f}, "
-                   f"{result['n']} {unit} ({result['split']})")
+                   f"{result['n']} {unit} ({result['split']}{degraded})")
         click.echo(f"accuracy  {result['accuracy']:.4f}")
         click.echo(f"precision {result['precision']:.4f}")
         click.echo(f"recall    {result['recall']:.4f}")
@@ -174,6 +192,10 @@ def register(app: Flask) -> None:
             value = result[key]
             click.echo(f"{key} {'n/a' if value is None else f'{value:.4f}'} (over every face found)")
         click.echo(f"wrote {result['roc_png']} and {result['confusion_png']}")
+        if record:
+            card_path = card_path_for(model_path)
+            record_in_card(card_path, Path(data_dir).name, result)
+            click.echo(f"recorded in {card_path}: robustness {Path(data_dir).name} {result['degradation']}")
 
 
 class _plain:

@@ -24,6 +24,7 @@ import numpy as np
 
 import convert
 from utils import dataset
+from utils.robustness import Degradation, degrade, jpeg_recompress
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -93,11 +94,6 @@ def known_limits(metrics: dict, training: dict, parameters: int, sources: list[s
 
 # --------------------------------------------------------------------------- augmentation
 
-def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
-    ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1] if ok else img
-
-
 def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Robustness to what uploads do to faces: re-compression, blur, rescaling, colour, framing."""
     size = img.shape[0]
@@ -125,7 +121,7 @@ def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         noisy = np.asarray(out, np.float32) + rng.normal(0, rng.uniform(2, 6), out.shape)
         out = np.clip(noisy, 0, 255).astype(np.uint8)
     if rng.random() < 0.6:
-        out = _jpeg(np.ascontiguousarray(out), rng.integers(35, 96))
+        out = jpeg_recompress(out, rng.integers(35, 96))
     return np.ascontiguousarray(out, dtype=np.uint8)
 
 
@@ -867,14 +863,19 @@ def calibrate_model(model_path: str | Path, data_dirs: list[str], *, cache_dir: 
 # --------------------------------------------------------------------------- evaluation
 
 def evaluate(data_dir: str, model_path: str | Path, out_dir: str | Path, *, cache_dir: str | Path = "data/cache",
-             split: str = "all", log=print) -> dict:
+             split: str = "all", degradations: list[Degradation] | None = None, log=print) -> dict:
     """Score the images of DIR (cropped as in training) and write ROC + confusion-matrix PNGs.
     split="validation" keeps only what the model's training run held out (same seed and groups).
+    degradations (utils/robustness.py) are applied to every face crop, in order, before scoring.
     A DIR whose real/ and fake/ hold videos is scored per video through the production pipeline."""
     from utils.model import get_detector
 
-    detector = get_detector(model_path)
+    degradations = list(degradations or [])
     videos = dataset.discover_videos(data_dir)
+    if videos and degradations:
+        raise ValueError(f"{data_dir} holds videos; --degrade works on folders of face images "
+                         "(degrade the videos themselves, e.g. with ffmpeg, to test those)")
+    detector = get_detector(model_path)
     if videos:
         return _evaluate_videos(videos, detector, Path(out_dir), data_dir, log)
     samples = dataset.discover_samples(data_dir)
@@ -889,8 +890,12 @@ def evaluate(data_dir: str, model_path: str | Path, out_dir: str | Path, *, cach
                                                 training.get("seed", 0)))
         keep = np.flatnonzero(sides == "validation")
     labels = labels[keep]
-    scores = detector.score(np.asarray(packed["crops"][np.sort(keep)])) if len(keep) else np.zeros(0)
+    crops = np.asarray(packed["crops"][keep])  # keep is in ascending order
+    if degradations:
+        crops = degrade(crops, degradations)
+    scores = detector.score(crops) if len(keep) else np.zeros(0)
     result = classification_metrics(labels, scores, detector.threshold)
+    result["degradation"] = " then ".join(map(str, degradations)) or "none"
     result["threshold"] = detector.threshold
     result["model_version"] = detector.version
     result["split"] = split

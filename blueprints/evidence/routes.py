@@ -84,7 +84,8 @@ def model_card():
     return render_template("evidence/model.html", card=card, metrics=metrics,
                            columns=service.metric_columns(metrics), images=images,
                            evaluation_sets=service.evaluation_sets(),
-                           limits=service.model_limits(card), auc=service.overall_auc(card))
+                           limits=service.model_limits(card), auc=service.overall_auc(card),
+                           robustness=service.robustness_rows(card))
 
 
 @bp.route("/model/<any(roc, confusion):kind>.png")

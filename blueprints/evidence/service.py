@@ -108,6 +108,44 @@ def metric_columns(metrics: dict) -> list[str]:
     return columns
 
 
+@dataclass
+class RobustnessRow:
+    source: str
+    degradation: str
+    n: int | None
+    roc_auc: float | None
+    accuracy: float | None
+    auc_change: float | None  # against the same source undegraded ('none'), when recorded
+
+
+def robustness_rows(card: dict) -> list[RobustnessRow]:
+    """The card's robustness table (flask evaluate --degrade --record) as rows, undegraded first;
+    anything malformed is skipped rather than shown wrongly."""
+    table = card.get("robustness")
+    rows: list[RobustnessRow] = []
+    if not isinstance(table, dict):
+        return rows
+
+    def number(entry: dict, key: str):
+        value = entry.get(key)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    for source, entries in table.items():
+        if not isinstance(entries, dict):
+            continue
+        clean = entries.get("none") if isinstance(entries.get("none"), dict) else {}
+        baseline = number(clean, "roc_auc")
+        for degradation in sorted(entries, key=lambda d: d != "none"):  # then in recorded order
+            entry = entries[degradation]
+            if not isinstance(entry, dict):
+                continue
+            auc = number(entry, "roc_auc")
+            change = None if auc is None or baseline is None or degradation == "none" else auc - baseline
+            rows.append(RobustnessRow(str(source), str(degradation), number(entry, "n"), auc,
+                                      number(entry, "accuracy"), change))
+    return rows
+
+
 def model_limits(card: dict) -> list[str]:
     """Known limits: the card's own list when it has one, then the general ones, then what the
     training data implies (sources seen)."""
