@@ -91,6 +91,29 @@ def test_augment_keeps_shape_and_varies():
     assert sum(not np.array_equal(o, face) for o in outputs) >= 6
 
 
+def test_soften_fraction_softens_whole_faces_and_zero_changes_nothing():
+    from skimage import data as skdata
+
+    import convert
+    from utils.train import soften
+
+    face = convert.resize_face(skdata.astronaut()[0:300, 100:400], 128)
+
+    def detail(img):
+        grey = img.astype(np.float32).mean(axis=2)
+        return float(np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean())
+
+    softened = [soften(face, np.random.default_rng(i)) for i in range(12)]
+    assert all(s.shape == face.shape and s.dtype == np.uint8 for s in softened)
+    assert max(detail(s) for s in softened) < 0.85 * detail(face)
+    # fraction 0 draws nothing extra, so earlier runs' batches are reproduced exactly
+    plain = [augment(face, np.random.default_rng(i)) for i in range(6)]
+    assert all(np.array_equal(a, augment(face, np.random.default_rng(i), 0.0)) for i, a in enumerate(plain))
+    always = [augment(face, np.random.default_rng(i), 1.0) for i in range(24)]
+    usual = [augment(face, np.random.default_rng(i)) for i in range(24)]
+    assert np.mean([detail(a) for a in always]) < 0.85 * np.mean([detail(u) for u in usual])
+
+
 def test_self_blend_changes_the_face_not_the_corners():
     rng = np.random.default_rng(1)
     face = synthetic_face(rng, False, 128)
@@ -362,10 +385,11 @@ def test_train_on_a_pack_defers_calibration_and_calibrate_completes_the_card(tmp
     runner = app.test_cli_runner()
     result = runner.invoke(args=["train", "--data", str(pack), "--out", str(out), "--epochs", "1",
                                  "--steps-per-epoch", "2", "--batch-size", "8", "--input-size", "32",
-                                 "--width", "0.25", "--seed", "3", "--loader-workers", "2", "--sbi-fraction", "0.5"])
+                                 "--width", "0.25", "--seed", "3", "--loader-workers", "2", "--sbi-fraction", "0.5",
+                                 "--soften-fraction", "0.4"])
     assert result.exit_code == 0, result.output
     card = json.loads((out.parent / "model_card.json").read_text())
-    assert card["training"]["sbi_fraction"] == 0.5
+    assert card["training"]["sbi_fraction"] == 0.5 and card["training"]["soften_fraction"] == 0.4
     assert card["calibrated"] is False and "fusion" not in card and "validation_metrics" not in card
     assert card["mirror_average"] is False  # what `train` was told (default off); calibrate keeps it
     assert card["data"][0]["source"] == "tiny" and card["data"][0]["pack"] == "faces.npz"

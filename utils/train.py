@@ -94,10 +94,26 @@ def known_limits(metrics: dict, training: dict, parameters: int, sources: list[s
 
 # --------------------------------------------------------------------------- augmentation
 
-def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Robustness to what uploads do to faces: re-compression, blur, rescaling, colour, framing."""
+def soften(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The whole face made softer, as a beauty filter, a shrunk re-upload or a soft lens do: a blur
+    (sigma 0.6-2.0 px) or a shrink to 30-60 % and back up."""
+    size = img.shape[0]
+    if rng.random() < 0.5:
+        return cv2.GaussianBlur(np.ascontiguousarray(img), (0, 0), rng.uniform(0.6, 2.0))
+    small = max(2, int(size * rng.uniform(0.3, 0.6)))
+    shrunk = cv2.resize(np.ascontiguousarray(img), (small, small), interpolation=cv2.INTER_AREA)
+    return cv2.resize(shrunk, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def augment(img: np.ndarray, rng: np.random.Generator, soften_fraction: float = 0.0) -> np.ndarray:
+    """Robustness to what uploads do to faces: re-compression, blur, rescaling, colour, framing.
+    soften_fraction: share of faces (real, fake and self-blended alike) also softened as a whole, so
+    that softness alone is no evidence (the shipped blending head fires on blurred real faces; README
+    "Robustness to degraded faces"). 0 draws nothing extra: batches stay as before."""
     size = img.shape[0]
     out = img
+    if soften_fraction > 0 and rng.random() < soften_fraction:
+        out = soften(out, rng)
     if rng.random() < 0.5:
         out = out[:, ::-1]
     if rng.random() < 0.5:  # framing jitter: crop 85-100 % and resize back
@@ -462,7 +478,7 @@ def batch_slots(keys: list, count: int, balance: str, sizes: dict[str, int]) -> 
 
 def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: int, seed: int,
                  sbi_fraction: float = 0.25, first_epoch: int = 0, workers: int = 1,
-                 source_balance: str = "equal"):
+                 source_balance: str = "equal", soften_fraction: float = 0.0):
     """A keras PyDataset yielding (uint8 crops, [N,2] head labels) with -1 = ignored by that head.
     `first_epoch` lets a continued run draw new batches instead of replaying the first run's.
     `workers` threads build batches ahead (for a GPU that outruns one core); each batch is seeded by
@@ -499,14 +515,14 @@ def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: in
                 for key in keys:
                     rows = pools[key]
                     img = data.crops[rows[rng.integers(len(rows))]]
-                    xs.append(augment(np.asarray(img), rng))
+                    xs.append(augment(np.asarray(img), rng, soften_fraction))
                     ys.append((label, 0 if label == 0 else -1))
             for i in range(n_sbi):
                 rows = pools[real_pools[i % len(real_pools)]]
                 img = np.asarray(data.crops[rows[rng.integers(len(rows))]])
                 if rng.random() < 0.5:
                     img = img[:, ::-1]
-                xs.append(augment(self_blend(np.ascontiguousarray(img), rng), rng))
+                xs.append(augment(self_blend(np.ascontiguousarray(img), rng), rng, soften_fraction))
                 ys.append((-1, 1))
             return np.stack(xs).astype(np.float32), np.asarray(ys, np.float32)
 
@@ -667,7 +683,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
           width: float = 1.0, max_minutes: float | None = None, cache_dir: str | Path = "data/cache",
           validation_fraction: float = 0.15, sbi_fraction: float = 0.25, init_from: str | Path | None = None,
           loader_workers: int = 1, source_balance: str = "equal", mirror_average: bool = False,
-          log=print) -> dict:
+          soften_fraction: float = 0.0, log=print) -> dict:
     """Train, calibrate on the validation split, write the .keras model and model_card.json.
     mirror_average: score each face as the mean of its and its mirror image's logits (off by default:
     better on the validation split, worse on the unseen FF++ faces; README "Run 7 and mirror averaging").
@@ -716,7 +732,8 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss=masked_bce,
                   jit_compile=False)
     batches = make_batches(data, train_index, batch_size, steps_per_epoch, seed, sbi_fraction,
-                           first_epoch=previous_epochs, workers=loader_workers, source_balance=source_balance)
+                           first_epoch=previous_epochs, workers=loader_workers, source_balance=source_balance,
+                           soften_fraction=soften_fraction)
 
     class TimeBudget(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -746,7 +763,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
         "data": describe_data(data_dirs),
         "training": {"epochs": epochs_run, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
                      "learning_rate": learning_rate, "seed": seed, "sbi_fraction": sbi_fraction,
-                     "source_balance": source_balance,
+                     "source_balance": source_balance, "soften_fraction": soften_fraction,
                      "validation_fraction": validation_fraction, "width": width,
                      "augmentation": "flip, framing jitter, down/up-scaling, blur, colour, noise, JPEG 35-95",
                      "minutes": round((time.time() - started) / 60, 1),

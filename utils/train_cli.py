@@ -28,6 +28,9 @@ _OPTIONS = [
                  help="Share of each batch per source: equal, or by the square root of its training faces."),
     click.option("--sbi-fraction", type=click.FloatRange(0.0, 0.9), default=0.25, show_default=True,
                  help="Share of each batch made of self-blended pseudo-fakes (they train the blending head)."),
+    click.option("--soften-fraction", type=click.FloatRange(0.0, 0.9), default=0.0, show_default=True,
+                 help="Share of faces (real and fake alike) blurred or shrunk as a whole before the usual "
+                      "augmentation, so that softness alone stops counting as evidence."),
     click.option("--mirror-average/--no-mirror-average", default=False, show_default=True,
                  help="Score each face as the mean of its and its mirror image's logits (fitted that way "
                       "by calibration). Off: better on the validation split, worse on unseen FF++ faces."),
