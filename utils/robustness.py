@@ -56,14 +56,18 @@ def jpeg_recompress(image: np.ndarray, quality: int) -> np.ndarray:
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1] if ok else image
 
 
+def shrink_and_restore(image: np.ndarray, small: int) -> np.ndarray:
+    """A square image shrunk to small x small px and upscaled back: a smaller face, upscaled."""
+    size = image.shape[0]
+    shrunk = cv2.resize(np.ascontiguousarray(image), (small, small), interpolation=cv2.INTER_AREA)
+    return cv2.resize(shrunk, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
 def _apply(crop: np.ndarray, step: Degradation, rng: np.random.Generator) -> np.ndarray:
-    size = crop.shape[0]
     if step.kind == "jpeg":
         return jpeg_recompress(crop, round(step.amount))
     if step.kind == "scale":
-        small = max(2, round(size * step.amount))
-        shrunk = cv2.resize(crop, (small, small), interpolation=cv2.INTER_AREA)
-        return cv2.resize(shrunk, (size, size), interpolation=cv2.INTER_LINEAR)
+        return shrink_and_restore(crop, max(2, round(crop.shape[0] * step.amount)))
     if step.kind == "blur":
         return cv2.GaussianBlur(crop, (0, 0), step.amount)
     noisy = crop.astype(np.float32) + rng.normal(0, step.amount, crop.shape)

@@ -24,7 +24,7 @@ import numpy as np
 
 import convert
 from utils import dataset
-from utils.robustness import Degradation, degrade, jpeg_recompress
+from utils.robustness import Degradation, degrade, jpeg_recompress, shrink_and_restore
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -97,12 +97,9 @@ def known_limits(metrics: dict, training: dict, parameters: int, sources: list[s
 def soften(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The whole face made softer, as a beauty filter, a shrunk re-upload or a soft lens do: a blur
     (sigma 0.6-2.0 px) or a shrink to 30-60 % and back up."""
-    size = img.shape[0]
     if rng.random() < 0.5:
         return cv2.GaussianBlur(np.ascontiguousarray(img), (0, 0), rng.uniform(0.6, 2.0))
-    small = max(2, int(size * rng.uniform(0.3, 0.6)))
-    shrunk = cv2.resize(np.ascontiguousarray(img), (small, small), interpolation=cv2.INTER_AREA)
-    return cv2.resize(shrunk, (size, size), interpolation=cv2.INTER_LINEAR)
+    return shrink_and_restore(img, max(2, int(img.shape[0] * rng.uniform(0.3, 0.6))))
 
 
 def augment(img: np.ndarray, rng: np.random.Generator, soften_fraction: float = 0.0) -> np.ndarray:
@@ -121,9 +118,7 @@ def augment(img: np.ndarray, rng: np.random.Generator, soften_fraction: float = 
         x0, y0 = rng.integers(0, size - side + 1, size=2)
         out = convert.resize_face(np.ascontiguousarray(out[y0:y0 + side, x0:x0 + side]), size)
     if rng.random() < 0.3:  # a smaller face upscaled, as from a distant face or a low-res video
-        small = int(size * rng.uniform(0.4, 0.9))
-        out = cv2.resize(cv2.resize(np.ascontiguousarray(out), (small, small), interpolation=cv2.INTER_AREA),
-                         (size, size), interpolation=cv2.INTER_LINEAR)
+        out = shrink_and_restore(out, int(size * rng.uniform(0.4, 0.9)))
     if rng.random() < 0.15:
         out = cv2.GaussianBlur(np.ascontiguousarray(out), (0, 0), rng.uniform(0.3, 1.3))
     if rng.random() < 0.5:
