@@ -386,10 +386,11 @@ def test_train_on_a_pack_defers_calibration_and_calibrate_completes_the_card(tmp
     result = runner.invoke(args=["train", "--data", str(pack), "--out", str(out), "--epochs", "1",
                                  "--steps-per-epoch", "2", "--batch-size", "8", "--input-size", "32",
                                  "--width", "0.25", "--seed", "3", "--loader-workers", "2", "--sbi-fraction", "0.5",
-                                 "--soften-fraction", "0.4"])
+                                 "--soften-fraction", "0.4", "--sbi-mismatch", "0.5"])
     assert result.exit_code == 0, result.output
     card = json.loads((out.parent / "model_card.json").read_text())
     assert card["training"]["sbi_fraction"] == 0.5 and card["training"]["soften_fraction"] == 0.4
+    assert card["training"]["sbi_mismatch"] == 0.5
     assert card["calibrated"] is False and "fusion" not in card and "validation_metrics" not in card
     assert card["mirror_average"] is False  # what `train` was told (default off); calibrate keeps it
     assert card["data"][0]["source"] == "tiny" and card["data"][0]["pack"] == "faces.npz"
@@ -486,3 +487,29 @@ def test_the_same_training_runs_on_jax_and_the_file_loads_in_tensorflow(tmp_path
     assert result.exit_code == 0, result.output
     scores = Detector(out).score(np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8))
     assert scores.shape == (3,) and np.isfinite(scores).all()
+
+
+def test_sbi_mismatch_softens_or_recompresses_the_inner_face_only_and_zero_changes_nothing():
+    from skimage import data as skdata
+
+    import convert
+    from utils.train import mismatch
+
+    face = convert.resize_face(skdata.astronaut()[0:300, 100:400], 128)
+
+    def detail(img):
+        grey = img.astype(np.float32).mean(axis=2)
+        return float(np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean())
+
+    changed = [mismatch(face, np.random.default_rng(i)) for i in range(12)]
+    assert all(c.shape == face.shape and c.dtype == np.uint8 for c in changed)
+    assert all(np.abs(c.astype(int) - face.astype(int)).mean() > 1.0 for c in changed)
+    shrunk = [c for c in changed if detail(c) < 0.8 * detail(face)]  # the JPEG ones are blockier instead
+    assert 0 < len(shrunk) < len(changed)
+    # fraction 0 draws nothing extra: earlier runs' pseudo-fakes and the validation set are unchanged
+    plain = [self_blend(face, np.random.default_rng(i)) for i in range(8)]
+    assert all(np.array_equal(p, self_blend(face, np.random.default_rng(i), 0.0)) for i, p in enumerate(plain))
+    mixed = np.stack([self_blend(face, np.random.default_rng(i), 1.0) for i in range(8)]).astype(int)
+    inner, corner = (slice(None), slice(52, 76), slice(52, 76)), (slice(None), slice(0, 8), slice(0, 8))
+    assert np.abs(mixed - np.stack(plain))[inner].mean() > 1.0
+    assert np.abs(mixed - face.astype(int))[corner].mean() < 0.5

@@ -154,11 +154,24 @@ def face_mask(size: int, rng: np.random.Generator) -> np.ndarray:
     return mask * rng.choice([1.0, 1.0, rng.uniform(0.4, 1.0)])
 
 
-def self_blend(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """SBI-style pseudo-fake: a slightly transformed copy of a real face blended into itself."""
+def mismatch(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The inner face of a pseudo-fake at another resolution or compression than its surroundings,
+    as a swapped face rendered small (or encoded apart) and pasted into a sharper frame is: shrunk
+    to 40-80 % and back up, or JPEG at quality 30-70."""
+    if rng.random() < 0.6:
+        return shrink_and_restore(face, max(2, int(face.shape[0] * rng.uniform(0.4, 0.8))))
+    return jpeg_recompress(face, int(rng.integers(30, 71)))
+
+
+def self_blend(face: np.ndarray, rng: np.random.Generator, mismatch_fraction: float = 0.0) -> np.ndarray:
+    """SBI-style pseudo-fake: a slightly transformed copy of a real face blended into itself.
+    mismatch_fraction: share whose inner face also differs in resolution or compression (mismatch);
+    0 draws nothing extra, so earlier runs and the validation pseudo-fakes stay as they were."""
     size = face.shape[0]
     f = face.astype(np.float32)
     target = f.copy()
+    if mismatch_fraction > 0 and rng.random() < mismatch_fraction:
+        target = mismatch(np.ascontiguousarray(face), rng).astype(np.float32)
     if rng.random() < 0.8:  # colour mismatch between inner face and surroundings
         target = target * rng.uniform(0.85, 1.15, size=3) + rng.uniform(-18, 18, size=3)
     if rng.random() < 0.4:
@@ -473,7 +486,7 @@ def batch_slots(keys: list, count: int, balance: str, sizes: dict[str, int]) -> 
 
 def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: int, seed: int,
                  sbi_fraction: float = 0.25, first_epoch: int = 0, workers: int = 1,
-                 source_balance: str = "equal", soften_fraction: float = 0.0):
+                 source_balance: str = "equal", soften_fraction: float = 0.0, sbi_mismatch: float = 0.0):
     """A keras PyDataset yielding (uint8 crops, [N,2] head labels) with -1 = ignored by that head.
     `first_epoch` lets a continued run draw new batches instead of replaying the first run's.
     `workers` threads build batches ahead (for a GPU that outruns one core); each batch is seeded by
@@ -517,7 +530,7 @@ def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: in
                 img = np.asarray(data.crops[rows[rng.integers(len(rows))]])
                 if rng.random() < 0.5:
                     img = img[:, ::-1]
-                xs.append(augment(self_blend(np.ascontiguousarray(img), rng), rng, soften_fraction))
+                xs.append(augment(self_blend(np.ascontiguousarray(img), rng, sbi_mismatch), rng, soften_fraction))
                 ys.append((-1, 1))
             return np.stack(xs).astype(np.float32), np.asarray(ys, np.float32)
 
@@ -678,7 +691,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
           width: float = 1.0, max_minutes: float | None = None, cache_dir: str | Path = "data/cache",
           validation_fraction: float = 0.15, sbi_fraction: float = 0.25, init_from: str | Path | None = None,
           loader_workers: int = 1, source_balance: str = "equal", mirror_average: bool = False,
-          soften_fraction: float = 0.0, log=print) -> dict:
+          soften_fraction: float = 0.0, sbi_mismatch: float = 0.0, log=print) -> dict:
     """Train, calibrate on the validation split, write the .keras model and model_card.json.
     mirror_average: score each face as the mean of its and its mirror image's logits (off by default:
     better on the validation split, worse on the unseen FF++ faces; README "Run 7 and mirror averaging").
@@ -728,7 +741,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
                   jit_compile=False)
     batches = make_batches(data, train_index, batch_size, steps_per_epoch, seed, sbi_fraction,
                            first_epoch=previous_epochs, workers=loader_workers, source_balance=source_balance,
-                           soften_fraction=soften_fraction)
+                           soften_fraction=soften_fraction, sbi_mismatch=sbi_mismatch)
 
     class TimeBudget(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -759,6 +772,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
         "training": {"epochs": epochs_run, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
                      "learning_rate": learning_rate, "seed": seed, "sbi_fraction": sbi_fraction,
                      "source_balance": source_balance, "soften_fraction": soften_fraction,
+                     "sbi_mismatch": sbi_mismatch,
                      "validation_fraction": validation_fraction, "width": width,
                      "augmentation": "flip, framing jitter, down/up-scaling, blur, colour, noise, JPEG 35-95",
                      "minutes": round((time.time() - started) / 60, 1),

@@ -31,6 +31,9 @@ _OPTIONS = [
     click.option("--soften-fraction", type=click.FloatRange(0.0, 0.9), default=0.0, show_default=True,
                  help="Share of faces (real and fake alike) blurred or shrunk as a whole before the usual "
                       "augmentation, so that softness alone stops counting as evidence."),
+    click.option("--sbi-mismatch", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+                 help="Share of self-blended pseudo-fakes whose inner face is also shrunk and upscaled or "
+                      "JPEG-compressed apart from its surroundings, as a pasted face often is."),
     click.option("--mirror-average/--no-mirror-average", default=False, show_default=True,
                  help="Score each face as the mean of its and its mirror image's logits (fitted that way "
                       "by calibration). Off: better on the validation split, worse on unseen FF++ faces."),
