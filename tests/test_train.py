@@ -91,18 +91,25 @@ def test_augment_keeps_shape_and_varies():
     assert sum(not np.array_equal(o, face) for o in outputs) >= 6
 
 
-def test_soften_fraction_softens_whole_faces_and_zero_changes_nothing():
+def astronaut_face():
+    """A real photographed face at the model's size, for the augmentations that act on detail."""
     from skimage import data as skdata
 
     import convert
+
+    return convert.resize_face(skdata.astronaut()[0:300, 100:400], 128)
+
+
+def detail(img):
+    """Mean absolute difference of neighbouring grey pixels: falls when a face is softened."""
+    grey = img.astype(np.float32).mean(axis=2)
+    return float(np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean())
+
+
+def test_soften_fraction_softens_whole_faces_and_zero_changes_nothing():
     from utils.train import soften
 
-    face = convert.resize_face(skdata.astronaut()[0:300, 100:400], 128)
-
-    def detail(img):
-        grey = img.astype(np.float32).mean(axis=2)
-        return float(np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean())
-
+    face = astronaut_face()
     softened = [soften(face, np.random.default_rng(i)) for i in range(12)]
     assert all(s.shape == face.shape and s.dtype == np.uint8 for s in softened)
     assert max(detail(s) for s in softened) < 0.85 * detail(face)
@@ -490,17 +497,9 @@ def test_the_same_training_runs_on_jax_and_the_file_loads_in_tensorflow(tmp_path
 
 
 def test_sbi_mismatch_softens_or_recompresses_the_inner_face_only_and_zero_changes_nothing():
-    from skimage import data as skdata
-
-    import convert
     from utils.train import mismatch
 
-    face = convert.resize_face(skdata.astronaut()[0:300, 100:400], 128)
-
-    def detail(img):
-        grey = img.astype(np.float32).mean(axis=2)
-        return float(np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean())
-
+    face = astronaut_face()
     changed = [mismatch(face, np.random.default_rng(i)) for i in range(12)]
     assert all(c.shape == face.shape and c.dtype == np.uint8 for c in changed)
     assert all(np.abs(c.astype(int) - face.astype(int)).mean() > 1.0 for c in changed)
