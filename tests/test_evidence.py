@@ -248,9 +248,10 @@ def test_model_page_tolerates_a_sparse_card_and_records_reviewed_data(client, we
     (weights / "model_card.json").write_text(json.dumps({
         "version": "v-sparse", "validation_metrics": {"all": {"roc_auc": 0.91, "n": 10}},
         "reviewed_data": {"exported_at": "2026-11-25T12:00:00Z", "faces": {"real": 3, "fake": 4}, "analyses": 5},
-        "known_limits": ["Never tested on cartoons."]}))
+        "known_limits": ["Never tested on cartoons."], "measured_limits": ["Soft portraits are often called fake."]}))
     html = client.get("/model").get_data(as_text=True)
     assert "v-sparse" in html and "0.910" in html and "Never tested on cartoons." in html
+    assert html.index("Never tested on cartoons.") < html.index("Soft portraits are often called fake.")
     assert "3 real and 4 fake faces" in html and "from 5 analyses" in html
     assert "close to chance" not in html
 

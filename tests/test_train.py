@@ -188,6 +188,35 @@ def test_fit_logistic_calibrates_an_overconfident_logit():
     assert abs(bias) < 0.15
 
 
+def test_band_reliability_counts_uncertain_faces_and_right_verdicts_outside_the_band():
+    from utils.train import band_reliability
+
+    probs = np.array([0.1, 0.2, 0.5, 0.6, 0.8, 0.9, 0.95, 0.05])
+    labels = np.array([0, 1, 0, 1, 1, 0, 1, 0])
+    r = band_reliability(probs, labels, (0.3, 0.75))
+    assert r["uncertain"] == 0.25  # 0.5 and 0.6
+    assert r["right_outside_band"] == pytest.approx(4 / 6, abs=1e-4)  # 0.2 real-called and 0.9 fake-called wrong
+    assert band_reliability(np.array([0.5]), np.array([1]), (0.3, 0.75)) == {"uncertain": 1.0,
+                                                                               "right_outside_band": None}
+
+
+def test_known_limits_say_when_a_source_fares_worse_than_the_band_rule():
+    from utils.train import known_limits
+
+    metrics = {"dfdc": {"shipped_roc_auc": 0.82, "shipped_right_outside_band": 0.91, "shipped_uncertain": 0.66},
+               "stylegan1_ffhq": {"shipped_roc_auc": 0.79, "shipped_right_outside_band": 0.79,
+                                  "shipped_uncertain": 0.4},
+               "sbi:dfdc": {"shipped_roc_auc": 0.88, "shipped_right_outside_band": 0.5, "shipped_uncertain": 0.5}}
+    lines = known_limits(metrics, {"minutes": 1, "epochs": 1}, 1000, ["dfdc", "stylegan1_ffhq"])
+    band = [line for line in lines if "uncertain band" in line]
+    assert len(band) == 1
+    assert "91% of the time on dfdc (66% of its faces 'uncertain')" in band[0]
+    assert "79% of the time on stylegan1_ffhq" in band[0] and "faces like stylegan1_ffhq is" in band[0]
+    assert "sbi:" not in band[0]
+    metrics["stylegan1_ffhq"]["shipped_right_outside_band"] = 0.95
+    assert not [line for line in known_limits(metrics, {}, 1000, ["dfdc"]) if "uncertain band" in line]
+
+
 # ---------------------------------------------------------------- smoke run through the CLI
 
 def test_train_then_evaluate_smoke(tmp_path, app):
@@ -206,6 +235,9 @@ def test_train_then_evaluate_smoke(tmp_path, app):
     assert "tiny" in card["validation_metrics"] and card["data"][0]["source"] == "tiny"
     low, high = card["uncertain_band"]
     assert low <= card["threshold"] <= high
+    tiny = card["validation_metrics"]["tiny"]
+    assert 0.0 <= tiny["shipped_uncertain"] <= 1.0
+    assert tiny["shipped_right_outside_band"] is None or 0.0 <= tiny["shipped_right_outside_band"] <= 1.0
     detector = Detector(out)
     assert detector.version == card["version"]
     assert detector.score(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2,)
@@ -426,9 +458,11 @@ def test_train_on_a_pack_defers_calibration_and_calibrate_completes_the_card(tmp
     # without mirror averaging, so refitting it changes nothing either.
     assert recalibrate()["version"] == trained_version
     card.pop("mirror_average")
+    card["measured_limits"] = ["Measured by hand on this version."]
     (out.parent / "model_card.json").write_text(json.dumps(card))
     card = recalibrate()
     assert card["mirror_average"] is False and card["version"] == trained_version
+    assert card["measured_limits"] == ["Measured by hand on this version."]  # a refit keeps them
     # Turning mirror averaging on refits the fusion on averaged logits: other scores, a new version,
     # which later calibrations keep until told otherwise.
     card = recalibrate("--mirror-average")

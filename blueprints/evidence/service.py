@@ -147,9 +147,11 @@ def robustness_rows(card: dict) -> list[RobustnessRow]:
 
 
 def model_limits(card: dict) -> list[str]:
-    """Known limits: the card's own list when it has one, then the general ones, then what the
-    training data implies (sources seen)."""
+    """Known limits: the card's own list when it has one (the lines `train`/`calibrate` write, then
+    the measured_limits people added after evaluating this version, which a recalibration keeps),
+    then the general ones, then what the training data implies (sources seen)."""
     limits = [str(item) for item in (card.get("known_limits") or card.get("limits") or []) if item]
+    limits += [str(item) for item in card.get("measured_limits") or [] if item and str(item) not in limits]
     limits += [item for item in GENERAL_LIMITS if item not in limits]
     sources = [d.get("source") for d in card.get("data") or [] if isinstance(d, dict) and d.get("source")]
     if sources:
