@@ -260,7 +260,8 @@ def test_model_page_shows_the_robustness_table(client, weights):
     card = json.loads((weights / "model_card.json").read_text())
     card["robustness"] = {
         "dfdc": {"none": {"n": 4247, "roc_auc": 0.8153, "accuracy": 0.7309},
-                 "jpeg:50": {"n": 4247, "roc_auc": 0.7901, "accuracy": 0.70},
+                 "jpeg:50": {"n": 4247, "roc_auc": 0.7901, "accuracy": 0.70, "uncertain": 0.671,
+                             "right_outside_band": 0.891, "reals_called_fake": 0.0372},
                  "broken": "not a mapping", "blur:1": {"n": 4247, "roc_auc": "n/a"}},
         "weird": ["not", "a", "table"]}
     card["robustness_note"] = "degraded validation faces"
@@ -270,6 +271,7 @@ def test_model_page_shows_the_robustness_table(client, weights):
     assert section.index("as stored") < section.index("jpeg:50") < section.index("blur:1")
     assert "0.815" in section and "0.790" in section and "-0.025" in section
     assert "broken" not in section and "weird" not in section and "degraded validation faces" in section
+    assert "Reals called fake" in section and "67.1 %" in section and "89.1 %" in section and "3.7 %" in section
 
 
 def test_model_page_without_a_card(client, app, tmp_path):

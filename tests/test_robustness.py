@@ -135,4 +135,8 @@ def test_record_adds_held_out_results_to_the_card(tmp_path, app, monkeypatch):
     assert list(table) == ["none", "blur:2"]
     assert table["none"]["n"] == table["blur:2"]["n"] > 0
     assert table["none"]["accuracy"] == 1.0 and table["blur:2"]["accuracy"] < 1.0
+    # no band on this card: every face is decided at the threshold, so 'right' is the accuracy
+    assert table["none"]["uncertain"] == 0.0 and table["none"]["right_outside_band"] == 1.0
+    assert table["blur:2"]["right_outside_band"] == table["blur:2"]["accuracy"]
+    assert table["none"]["reals_called_fake"] == 0.0 and "share of real faces" in card["robustness_note"]
     assert not list(model.parent.glob("*.partial"))

@@ -196,8 +196,9 @@ def test_band_reliability_counts_uncertain_faces_and_right_verdicts_outside_the_
     r = band_reliability(probs, labels, (0.3, 0.75))
     assert r["uncertain"] == 0.25  # 0.5 and 0.6
     assert r["right_outside_band"] == pytest.approx(4 / 6, abs=1e-4)  # 0.2 real-called and 0.9 fake-called wrong
-    assert band_reliability(np.array([0.5]), np.array([1]), (0.3, 0.75)) == {"uncertain": 1.0,
-                                                                               "right_outside_band": None}
+    assert r["reals_called_fake"] == 0.25  # 0.9 of the four reals
+    assert band_reliability(np.array([0.5]), np.array([1]), (0.3, 0.75)) == {
+        "uncertain": 1.0, "right_outside_band": None, "reals_called_fake": None}
 
 
 def test_known_limits_say_when_a_source_fares_worse_than_the_band_rule():
@@ -248,6 +249,7 @@ def test_train_then_evaluate_smoke(tmp_path, app):
     for word in ("accuracy", "precision", "recall", "f1", "roc_auc", "confusion matrix"):
         assert word in result.output
     assert "32 images" in result.output
+    assert f"uncertain band [{low:.3f}, {high:.3f}]: " in result.output and "reals called fake" in result.output
     assert (tmp_path / "eval" / "roc.png").stat().st_size > 1000
     assert (tmp_path / "eval" / "confusion.png").stat().st_size > 1000
 
@@ -271,6 +273,7 @@ def test_evaluate_scores_videos_through_the_pipeline(tmp_path, app):
                                                 "--model", str(model_path), "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
     assert "2 videos" in result.output and "face_auc_blending_head" in result.output
+    assert "uncertain band [" in result.output and "of the videos inside it" in result.output
     assert (tmp_path / "eval" / "roc.png").exists()
 
 

@@ -188,6 +188,12 @@ def register(app: Flask) -> None:
         click.echo(f"roc_auc   {auc}")
         click.echo("confusion matrix (rows actual, columns predicted):")
         click.echo(f"            real   fake\n  real  {c['tn']:>7} {c['fp']:>6}\n  fake  {c['fn']:>7} {c['tp']:>6}")
+        if result.get("band_uncertain") is not None:
+            low, high = result["uncertain_band"]
+            right, reals = result.get("band_right_outside_band"), result.get("band_reals_called_fake")
+            click.echo(f"uncertain band [{low:.3f}, {high:.3f}]: {result['band_uncertain']:.1%} of the {unit} "
+                       f"inside it; outside it right {'n/a' if right is None else f'{right:.1%}'}; "
+                       f"reals called fake {'n/a' if reals is None else f'{reals:.1%}'}")
         for key in sorted(k for k in result if k.startswith("face_auc_")):
             value = result[key]
             click.echo(f"{key} {'n/a' if value is None else f'{value:.4f}'} (over every face found)")

@@ -602,10 +602,13 @@ def band_reliability(probs: np.ndarray, labels: np.ndarray, band) -> dict:
     verdicts outside it ('fake' at or above the top, 'real' below the bottom) were right. The band is
     fitted on all validation faces together, so a source can fare worse than its rule says."""
     low, high = band
+    probs, labels = np.asarray(probs), np.asarray(labels)
     decided = (probs < low) | (probs >= high)
     right = ((probs >= high) & (labels == 1)) | ((probs < low) & (labels == 0))
+    reals = labels == 0
     return {"uncertain": round(float(1 - decided.mean()), 4) if len(probs) else None,
-            "right_outside_band": round(float(right[decided].mean()), 4) if decided.any() else None}
+            "right_outside_band": round(float(right[decided].mean()), 4) if decided.any() else None,
+            "reals_called_fake": round(float((probs[reals] >= high).mean()), 4) if reals.any() else None}
 
 
 def calibrate(model, data: PackedData, val_index: np.ndarray, seed: int, threshold: float = 0.5,
@@ -852,7 +855,8 @@ def _calibrated_fields(model, data: PackedData, val_index: np.ndarray, seed: int
                         "(max of calibrated heads) and for the alternative (one logistic regression over both "
                         "logits); accuracy/precision/recall of the shipped score at the threshold; "
                         "'shipped uncertain' = share of faces in the uncertain band, 'shipped right outside band' "
-                        "= how often the 'fake'/'real' verdicts outside it were right. "
+                        "= how often the 'fake'/'real' verdicts outside it were right, 'shipped reals called fake' = share "
+                        "of the real faces at or above its top. "
                         "'sbi:<source>' = self-blended fakes made from that source's validation reals vs those "
                         "reals (a proxy for unseen face swaps). The fusion's 4 numbers are fitted on the same "
                         "validation data they are reported on.",
@@ -945,6 +949,9 @@ def evaluate(data_dir: str, model_path: str | Path, out_dir: str | Path, *, cach
         crops = degrade(crops, degradations)
     scores = detector.score(crops) if len(keep) else np.zeros(0)
     result = classification_metrics(labels, scores, detector.threshold)
+    band = getattr(detector, "uncertain_band", (detector.threshold, detector.threshold))
+    result.update({f"band_{k}": v for k, v in band_reliability(scores, labels, band).items()})
+    result["uncertain_band"] = list(band)
     result["degradation"] = " then ".join(map(str, degradations)) or "none"
     result["threshold"] = detector.threshold
     result["model_version"] = detector.version
@@ -975,7 +982,8 @@ def _evaluate_videos(videos: list[tuple[str, int]], detector, out_dir: Path, dat
     labels, scores = np.asarray(labels, int), np.asarray(scores)
     result = classification_metrics(labels, scores, detector.threshold)
     result.update(threshold=detector.threshold, model_version=detector.version, split="all",
-                  unreadable_files=0, videos=per_video)
+                  unreadable_files=0, videos=per_video, uncertain_band=list(detector.uncertain_band))
+    result.update({f"band_{k}": v for k, v in band_reliability(scores, labels, detector.uncertain_band).items()})
     if face_logits:
         logits = np.concatenate(face_logits)
         for h, head in enumerate(detector.head_names):

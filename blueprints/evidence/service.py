@@ -116,6 +116,9 @@ class RobustnessRow:
     roc_auc: float | None
     accuracy: float | None
     auc_change: float | None  # against the same source undegraded ('none'), when recorded
+    uncertain: float | None = None  # with the card's band (entries recorded before 2026-12-06 lack these)
+    right_outside_band: float | None = None
+    reals_called_fake: float | None = None
 
 
 def robustness_rows(card: dict) -> list[RobustnessRow]:
@@ -142,7 +145,8 @@ def robustness_rows(card: dict) -> list[RobustnessRow]:
             auc = number(entry, "roc_auc")
             change = None if auc is None or baseline is None or degradation == "none" else auc - baseline
             rows.append(RobustnessRow(str(source), str(degradation), number(entry, "n"), auc,
-                                      number(entry, "accuracy"), change))
+                                      number(entry, "accuracy"), change, number(entry, "uncertain"),
+                                      number(entry, "right_outside_band"), number(entry, "reals_called_fake")))
     return rows
 
 
