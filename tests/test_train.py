@@ -130,8 +130,9 @@ def test_self_blend_changes_the_face_not_the_corners():
     assert diff[:8, :8].mean() < 0.5 and diff[-8:, -8:].mean() < 0.5
 
 
-def batch_sources(source_balance: str, sizes: dict[str, int]) -> tuple[list[str], np.ndarray]:
-    """The sources of the real and fake places of one training batch, with labels (no SBI)."""
+def batch_sources(source_balance: str, sizes: dict[str, int], sbi_fraction: float = 0.0,
+                  sbi_sources: str = "like-reals") -> tuple[list[str], np.ndarray]:
+    """The source of every place of one training batch, with its two head labels (-1 = ignored)."""
     from utils.train import PackedData, make_batches
 
     sources = np.concatenate([[name] * n for name, n in sizes.items()])
@@ -140,26 +141,49 @@ def batch_sources(source_balance: str, sizes: dict[str, int]) -> tuple[list[str]
     # one flat grey per source, far apart: the colour augmentation (brightness, contrast) keeps them apart
     crops = np.stack([np.full((16, 16, 3), 30 if s == names[0] else 220, np.uint8) for s in sources])
     data = PackedData(crops, labels, sources, np.array(["train"] * len(sources)), np.arange(len(sources)).astype(str))
-    batches = make_batches(data, np.arange(len(sources)), batch_size=36, steps=1, seed=0, sbi_fraction=0.0,
-                           source_balance=source_balance)
+    batches = make_batches(data, np.arange(len(sources)), batch_size=36, steps=1, seed=0,
+                           sbi_fraction=sbi_fraction, source_balance=source_balance, sbi_sources=sbi_sources)
     images, heads = batches[0]
     levels = np.median(images.reshape(len(images), -1), axis=1)
-    return [names[0] if level < 125 else names[1] for level in levels], heads[:, 0]
+    return [names[0] if level < 125 else names[1] for level in levels], heads
 
 
 def test_source_balance_equal_gives_each_source_half_the_places():
-    sources, labels = batch_sources("equal", {"big": 160, "small": 10})
+    sources, heads = batch_sources("equal", {"big": 160, "small": 10})
+    labels = heads[:, 0]
     assert sources.count("big") == sources.count("small") == 18
     assert list(labels).count(0) == list(labels).count(1) == 18
 
 
 def test_source_balance_sqrt_gives_a_large_source_more_places_and_refuses_unknown_modes():
-    sources, labels = batch_sources("sqrt", {"big": 160, "small": 10})
+    sources, heads = batch_sources("sqrt", {"big": 160, "small": 10})
+    labels = heads[:, 0]
     # sqrt(160) : sqrt(10) = 4 : 1 of the 18 reals and of the 18 fakes -> 14 + 14 big, 4 + 4 small
     assert sources.count("big") == 28 and sources.count("small") == 8
     assert list(labels).count(0) == list(labels).count(1) == 18
     with pytest.raises(ValueError, match="source_balance"):
         batch_sources("by-size", {"big": 4, "small": 4})
+
+
+def test_sbi_sources_like_reals_makes_pseudo_fakes_from_each_source_as_often_as_its_reals_appear():
+    sizes = {"big": 160, "small": 10}
+
+    def counts(sbi_sources, balance="sqrt"):
+        sources, heads = batch_sources(balance, sizes, sbi_fraction=0.25, sbi_sources=sbi_sources)
+        pseudo = [s for s, h in zip(sources, heads) if h[1] == 1 and h[0] == -1]
+        reals = [s for s, h in zip(sources, heads) if h[0] == 0]
+        return {k: (reals.count(k), pseudo.count(k)) for k in sizes}
+
+    # 36 places: 9 self-blended, 13 real; sqrt shares 4 : 1 -> reals 10 + 3, pseudo-fakes 7 + 2
+    assert counts("like-reals") == {"big": (10, 7), "small": (3, 2)}
+    # the older draw took the sources in turn: the small source got more pseudo-fakes than reals
+    assert counts("alternate") == {"big": (10, 5), "small": (3, 4)}
+    # with equal shares both draws are the same batch, so runs made before the option reproduce
+    a = batch_sources("equal", sizes, 0.25, "like-reals")
+    b = batch_sources("equal", sizes, 0.25, "alternate")
+    assert a[0] == b[0] and np.array_equal(a[1], b[1])
+    with pytest.raises(ValueError, match="sbi_sources"):
+        batch_sources("sqrt", sizes, 0.25, "by-size")
 
 
 # ---------------------------------------------------------------- metrics and calibration
@@ -428,11 +452,11 @@ def test_train_on_a_pack_defers_calibration_and_calibrate_completes_the_card(tmp
     result = runner.invoke(args=["train", "--data", str(pack), "--out", str(out), "--epochs", "1",
                                  "--steps-per-epoch", "2", "--batch-size", "8", "--input-size", "32",
                                  "--width", "0.25", "--seed", "3", "--loader-workers", "2", "--sbi-fraction", "0.5",
-                                 "--soften-fraction", "0.4", "--sbi-mismatch", "0.5"])
+                                 "--soften-fraction", "0.4", "--sbi-mismatch", "0.5", "--sbi-sources", "alternate"])
     assert result.exit_code == 0, result.output
     card = json.loads((out.parent / "model_card.json").read_text())
     assert card["training"]["sbi_fraction"] == 0.5 and card["training"]["soften_fraction"] == 0.4
-    assert card["training"]["sbi_mismatch"] == 0.5
+    assert card["training"]["sbi_mismatch"] == 0.5 and card["training"]["sbi_sources"] == "alternate"
     assert card["calibrated"] is False and "fusion" not in card and "validation_metrics" not in card
     assert card["mirror_average"] is False  # what `train` was told (default off); calibrate keeps it
     assert card["data"][0]["source"] == "tiny" and card["data"][0]["pack"] == "faces.npz"

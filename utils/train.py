@@ -476,6 +476,7 @@ def _batch_plan(data: PackedData, index: np.ndarray) -> dict:
 
 
 SOURCE_BALANCES = ("equal", "sqrt")
+SBI_SOURCES = ("like-reals", "alternate")
 
 
 def batch_slots(keys: list, count: int, balance: str, sizes: dict[str, int]) -> list:
@@ -493,9 +494,23 @@ def batch_slots(keys: list, count: int, balance: str, sizes: dict[str, int]) -> 
     return [keys[k] for _, k in positions]
 
 
+def sbi_slots(real_pools: list, count: int, balance: str, sizes: dict[str, int], sbi_sources: str) -> list:
+    """Which real pool each self-blended place takes its face from. 'like-reals': shared among sources
+    as the real places are, so that for every source the blending head sees pseudo-fakes and reals in
+    the same ratio. 'alternate' (every run before 2026-12-06, seventh session): the pools in turn, which
+    under sqrt balance gave StyleGAN/FFHQ 6 pseudo-fakes against 4 reals a batch (DFDC 6 against 14),
+    teaching the head that an FFHQ-like face is more often blended. Under equal balance both agree."""
+    if sbi_sources not in SBI_SOURCES:
+        raise ValueError(f"sbi_sources must be one of {SBI_SOURCES}, not {sbi_sources!r}")
+    if sbi_sources == "alternate":
+        return [real_pools[i % len(real_pools)] for i in range(count)]
+    return batch_slots(real_pools, count, balance, sizes)
+
+
 def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: int, seed: int,
                  sbi_fraction: float = 0.25, first_epoch: int = 0, workers: int = 1,
-                 source_balance: str = "equal", soften_fraction: float = 0.0, sbi_mismatch: float = 0.0):
+                 source_balance: str = "equal", soften_fraction: float = 0.0, sbi_mismatch: float = 0.0,
+                 sbi_sources: str = "like-reals"):
     """A keras PyDataset yielding (uint8 crops, [N,2] head labels) with -1 = ignored by that head.
     `first_epoch` lets a continued run draw new batches instead of replaying the first run's.
     `workers` threads build batches ahead (for a GPU that outruns one core); each batch is seeded by
@@ -513,6 +528,7 @@ def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: in
     n_each = (batch_size - n_sbi) // 2
     places = ((batch_slots(real_pools, n_each, source_balance, sizes), 0),
               (batch_slots(fake_pools, batch_size - n_sbi - n_each, source_balance, sizes), 1))
+    sbi_places = sbi_slots(real_pools, n_sbi, source_balance, sizes, sbi_sources)
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
@@ -534,8 +550,8 @@ def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: in
                     img = data.crops[rows[rng.integers(len(rows))]]
                     xs.append(augment(np.asarray(img), rng, soften_fraction))
                     ys.append((label, 0 if label == 0 else -1))
-            for i in range(n_sbi):
-                rows = pools[real_pools[i % len(real_pools)]]
+            for key in sbi_places:
+                rows = pools[key]
                 img = np.asarray(data.crops[rows[rng.integers(len(rows))]])
                 if rng.random() < 0.5:
                     img = img[:, ::-1]
@@ -715,7 +731,8 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
           width: float = 1.0, max_minutes: float | None = None, cache_dir: str | Path = "data/cache",
           validation_fraction: float = 0.15, sbi_fraction: float = 0.25, init_from: str | Path | None = None,
           loader_workers: int = 1, source_balance: str = "equal", mirror_average: bool = False,
-          soften_fraction: float = 0.0, sbi_mismatch: float = 0.0, log=print) -> dict:
+          soften_fraction: float = 0.0, sbi_mismatch: float = 0.0, sbi_sources: str = "like-reals",
+          log=print) -> dict:
     """Train, calibrate on the validation split, write the .keras model and model_card.json.
     mirror_average: score each face as the mean of its and its mirror image's logits (off by default:
     better on the validation split, worse on the unseen FF++ faces; README "Run 7 and mirror averaging").
@@ -765,7 +782,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
                   jit_compile=False)
     batches = make_batches(data, train_index, batch_size, steps_per_epoch, seed, sbi_fraction,
                            first_epoch=previous_epochs, workers=loader_workers, source_balance=source_balance,
-                           soften_fraction=soften_fraction, sbi_mismatch=sbi_mismatch)
+                           soften_fraction=soften_fraction, sbi_mismatch=sbi_mismatch, sbi_sources=sbi_sources)
 
     class TimeBudget(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -796,7 +813,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
         "training": {"epochs": epochs_run, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
                      "learning_rate": learning_rate, "seed": seed, "sbi_fraction": sbi_fraction,
                      "source_balance": source_balance, "soften_fraction": soften_fraction,
-                     "sbi_mismatch": sbi_mismatch,
+                     "sbi_mismatch": sbi_mismatch, "sbi_sources": sbi_sources,
                      "validation_fraction": validation_fraction, "width": width,
                      "augmentation": "flip, framing jitter, down/up-scaling, blur, colour, noise, JPEG 35-95",
                      "minutes": round((time.time() - started) / 60, 1),

@@ -34,6 +34,11 @@ _OPTIONS = [
     click.option("--sbi-mismatch", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
                  help="Share of self-blended pseudo-fakes whose inner face is also shrunk and upscaled or "
                       "JPEG-compressed apart from its surroundings, as a pasted face often is."),
+    click.option("--sbi-sources", type=click.Choice(["like-reals", "alternate"]), default="like-reals",
+                 show_default=True,
+                 help="Which sources the self-blended pseudo-fakes are made from: shared as the real places "
+                      "are (like-reals), or the sources in turn (alternate: every run before 2026-12-06's "
+                      "run 12; reproduces them)."),
     click.option("--mirror-average/--no-mirror-average", default=False, show_default=True,
                  help="Score each face as the mean of its and its mirror image's logits (fitted that way "
                       "by calibration). Off: better on the validation split, worse on unseen FF++ faces."),
