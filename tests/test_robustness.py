@@ -62,6 +62,7 @@ class CheckerboardDetector:
     fakes' only trace (tests/test_train.py), which a blur removes and a mild JPEG keeps."""
 
     version, threshold, input_size, card = "checkerboard-1", 0.5, 48, {"training": {}}
+    uncertain_band = (0.5, 0.5)  # what Detector takes from a card without a band
 
     def score(self, crops: np.ndarray) -> np.ndarray:
         grey = crops.astype(np.float32).mean(axis=3)

@@ -966,15 +966,20 @@ def evaluate(data_dir: str, model_path: str | Path, out_dir: str | Path, *, cach
         crops = degrade(crops, degradations)
     scores = detector.score(crops) if len(keep) else np.zeros(0)
     result = classification_metrics(labels, scores, detector.threshold)
-    band = getattr(detector, "uncertain_band", (detector.threshold, detector.threshold))
-    result.update({f"band_{k}": v for k, v in band_reliability(scores, labels, band).items()})
-    result["uncertain_band"] = list(band)
+    result.update(_band_fields(detector, scores, labels))
     result["degradation"] = " then ".join(map(str, degradations)) or "none"
     result["threshold"] = detector.threshold
     result["model_version"] = detector.version
     result["split"] = split
     result["unreadable_files"] = len(samples) - len(packed["labels"])
     return _write_plots(result, labels, scores, Path(out_dir), data_dir, detector.threshold)
+
+
+def _band_fields(detector, scores: np.ndarray, labels: np.ndarray) -> dict:
+    """The detector's uncertain band and what it does to these scores (band_reliability), as
+    evaluate's result keys: printed by `flask evaluate`, kept by --record."""
+    reliability = band_reliability(scores, labels, detector.uncertain_band)
+    return {"uncertain_band": list(detector.uncertain_band), **{f"band_{k}": v for k, v in reliability.items()}}
 
 
 def _evaluate_videos(videos: list[tuple[str, int]], detector, out_dir: Path, data_dir: str, log) -> dict:
@@ -999,8 +1004,8 @@ def _evaluate_videos(videos: list[tuple[str, int]], detector, out_dir: Path, dat
     labels, scores = np.asarray(labels, int), np.asarray(scores)
     result = classification_metrics(labels, scores, detector.threshold)
     result.update(threshold=detector.threshold, model_version=detector.version, split="all",
-                  unreadable_files=0, videos=per_video, uncertain_band=list(detector.uncertain_band))
-    result.update({f"band_{k}": v for k, v in band_reliability(scores, labels, detector.uncertain_band).items()})
+                  unreadable_files=0, videos=per_video)
+    result.update(_band_fields(detector, scores, labels))
     if face_logits:
         logits = np.concatenate(face_logits)
         for h, head in enumerate(detector.head_names):
