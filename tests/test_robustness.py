@@ -19,7 +19,8 @@ def sharpness(crops: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("text, expected", [("jpeg:50", Degradation("jpeg", 50)), ("SCALE:0.5", Degradation("scale", 0.5)),
-                                            (" blur:1.2 ", Degradation("blur", 1.2)), ("noise:5", Degradation("noise", 5))])
+                                            (" blur:1.2 ", Degradation("blur", 1.2)), ("noise:5", Degradation("noise", 5)),
+                                            ("h264:35", Degradation("h264", 35))])
 def test_parse_accepts_each_kind(text, expected):
     assert parse_degradation(text) == expected
     assert str(expected) == text.strip().lower()
@@ -28,7 +29,7 @@ def test_parse_accepts_each_kind(text, expected):
 @pytest.mark.parametrize("text, message", [
     ("gamma:2", "unknown degradation"), ("jpeg", "needs a number"), ("jpeg:high", "needs a number"),
     ("jpeg:0", "between 1 and 100"), ("scale:2", "between 0.05 and 1"), ("blur:nan", "between"),
-    ("noise:-1", "between")])
+    ("noise:-1", "between"), ("h264:52", "between 0 and 51"), ("h264:", "needs a number")])
 def test_parse_refuses_bad_specs_with_a_reason(text, message):
     with pytest.raises(ValueError, match=message):
         parse_degradation(text)
@@ -37,7 +38,7 @@ def test_parse_refuses_bad_specs_with_a_reason(text, message):
 def test_each_degradation_changes_the_crop_the_expected_way():
     crops = face_crops()
     before = crops.copy()
-    for spec in ("jpeg:20", "scale:0.4", "blur:1.5"):
+    for spec in ("jpeg:20", "scale:0.4", "blur:1.5", "h264:40"):
         out = degrade(crops, [parse_degradation(spec)])
         assert out.shape == crops.shape and out.dtype == np.uint8
         assert sharpness(out) < sharpness(crops), spec  # each of these removes fine detail
@@ -55,6 +56,21 @@ def test_degrade_is_deterministic_and_chains_in_order():
     assert not np.array_equal(degrade(crops, steps), degrade(crops, steps[::-1]))
     assert np.array_equal(degrade(crops, []), crops)
     assert degrade(crops[:0], steps).shape == (0, 128, 128, 3)
+
+
+def test_h264_loses_more_the_higher_the_quantiser_and_treats_each_crop_alone():
+    crops = face_crops(4)
+    errors = [np.abs(degrade(crops, [Degradation("h264", q)]).astype(int) - crops).mean() for q in (10, 30, 45)]
+    assert errors[0] < errors[1] < errors[2]
+    assert errors[0] < 3.0  # near-lossless apart from 4:2:0 chroma and the colour-range round trip
+    # intra-only frames at a constant quantiser: a crop comes out the same whatever its neighbours
+    together = degrade(crops, [Degradation("h264", 35)])
+    alone = degrade(crops[2:3], [Degradation("h264", 35)])
+    assert np.array_equal(together[2], alone[0])
+    # odd sides (4:2:0 needs even ones) come back at their own size
+    odd = degrade(crops[:, :127, :125], [Degradation("h264", 30)])
+    assert odd.shape == (4, 127, 125, 3)
+    assert degrade(crops[:0], [Degradation("h264", 30)]).shape == (0, 128, 128, 3)
 
 
 class CheckerboardDetector:

@@ -121,6 +121,21 @@ def test_soften_fraction_softens_whole_faces_and_zero_changes_nothing():
     assert np.mean([detail(a) for a in always]) < 0.85 * np.mean([detail(u) for u in usual])
 
 
+def test_codec_fraction_ends_faces_as_h264_frames_and_zero_changes_nothing():
+    from utils.robustness import h264_recompress
+
+    face = astronaut_face()
+    plain = [augment(face, np.random.default_rng(i)) for i in range(6)]
+    assert all(np.array_equal(a, augment(face, np.random.default_rng(i), 0.0, 0.0)) for i, a in enumerate(plain))
+    # always: every face is an H.264 frame, i.e. a second round trip at a low quantiser barely moves it
+    coded = [augment(face, np.random.default_rng(i), 0.0, 1.0) for i in range(8)]
+    assert all(c.shape == face.shape and c.dtype == np.uint8 for c in coded)
+    assert not any(np.array_equal(c, p) for c, p in zip(coded, plain))
+    drift = np.mean([np.abs(h264_recompress(c[None], 20)[0].astype(int) - c).mean() for c in coded])
+    jpeg_drift = np.mean([np.abs(h264_recompress(p[None], 20)[0].astype(int) - p).mean() for p in plain])
+    assert drift < jpeg_drift
+
+
 def test_self_blend_changes_the_face_not_the_corners():
     rng = np.random.default_rng(1)
     face = synthetic_face(rng, False, 128)
@@ -452,11 +467,13 @@ def test_train_on_a_pack_defers_calibration_and_calibrate_completes_the_card(tmp
     result = runner.invoke(args=["train", "--data", str(pack), "--out", str(out), "--epochs", "1",
                                  "--steps-per-epoch", "2", "--batch-size", "8", "--input-size", "32",
                                  "--width", "0.25", "--seed", "3", "--loader-workers", "2", "--sbi-fraction", "0.5",
-                                 "--soften-fraction", "0.4", "--sbi-mismatch", "0.5", "--sbi-sources", "alternate"])
+                                 "--soften-fraction", "0.4", "--sbi-mismatch", "0.5", "--sbi-sources", "alternate",
+                                 "--codec-fraction", "0.3"])
     assert result.exit_code == 0, result.output
     card = json.loads((out.parent / "model_card.json").read_text())
     assert card["training"]["sbi_fraction"] == 0.5 and card["training"]["soften_fraction"] == 0.4
     assert card["training"]["sbi_mismatch"] == 0.5 and card["training"]["sbi_sources"] == "alternate"
+    assert card["training"]["codec_fraction"] == 0.3 and "H.264" in card["training"]["augmentation"]
     assert card["calibrated"] is False and "fusion" not in card and "validation_metrics" not in card
     assert card["mirror_average"] is False  # what `train` was told (default off); calibrate keeps it
     assert card["data"][0]["source"] == "tiny" and card["data"][0]["pack"] == "faces.npz"

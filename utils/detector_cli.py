@@ -147,8 +147,8 @@ def register(app: Flask) -> None:
     @click.option("--split", type=click.Choice(["all", "validation"]), default="all",
                   help="'validation': only what the model's training run held out.")
     @click.option("--degrade", "degrade_specs", multiple=True, metavar="KIND:N",
-                  help="Degrade every face crop before scoring: jpeg:QUALITY, scale:FRACTION, blur:SIGMA or "
-                       "noise:SD; repeat to chain them in order (robustness check, image folders only).")
+                  help="Degrade every face crop before scoring: jpeg:QUALITY, scale:FRACTION, blur:SIGMA, "
+                       "noise:SD or h264:QUANTISER (an H.264 intra frame); repeat to chain them in order (robustness check, image folders only).")
     @click.option("--record", is_flag=True,
                   help="Add the result to the model card's robustness table (with --split validation, image folders).")
     @with_appcontext

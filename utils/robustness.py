@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -21,6 +22,7 @@ KINDS = {
     "scale": (0.05, 1.0, 0.5, "shrink to this fraction of the side, then back up (a smaller, upscaled face)"),
     "blur": (0.1, 10.0, 1, "Gaussian blur sigma in pixels"),
     "noise": (0.1, 50.0, 5, "Gaussian noise standard deviation in grey levels"),
+    "h264": (0, 51, 35, "H.264 quantiser of an intra-frame re-encoding (x264; higher is worse)"),
 }
 
 
@@ -34,7 +36,7 @@ class Degradation:
 
 
 def parse_degradation(text: str) -> Degradation:
-    """'jpeg:50', 'scale:0.5', 'blur:1.2', 'noise:5' -> Degradation; anything else -> ValueError
+    """'jpeg:50', 'scale:0.5', 'blur:1.2', 'noise:5', 'h264:35' -> Degradation; anything else -> ValueError
     with a message naming what is accepted."""
     kind, _, amount = text.strip().lower().partition(":")
     if kind not in KINDS:
@@ -63,6 +65,38 @@ def shrink_and_restore(image: np.ndarray, small: int) -> np.ndarray:
     return cv2.resize(shrunk, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
+def h264_recompress(images: np.ndarray, quantiser: int) -> np.ndarray:
+    """Each RGB uint8 image [N, H, W, 3] encoded as an H.264 intra frame (x264, constant quantiser,
+    4:2:0 chroma, BT.601 limited range) and decoded again: what a video upload does to a face, which
+    JPEG does not imitate (4x4 integer transforms, intra prediction, the deblocking filter). A
+    constant quantiser and intra-only frames make every image's result independent of the others.
+    Odd sides are padded by one edge pixel for 4:2:0 and cut back."""
+    import av  # PyAV (requirements.txt) bundles FFmpeg with libx264
+
+    images = np.asarray(images, np.uint8)
+    n, height, width = images.shape[:3]
+    if n == 0:
+        return images.copy()
+    padded = np.pad(images, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = padded.shape[2], padded.shape[1], "yuv420p"
+    encoder.time_base = Fraction(1, 25)
+    encoder.options = {"qp": str(int(quantiser)), "preset": "veryfast", "tune": "zerolatency",
+                       "x264-params": "keyint=1:min-keyint=1:scenecut=0:threads=1"}
+    decoder = av.CodecContext.create("h264", "r")
+    packets = []
+    for i, image in enumerate(padded):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        frame.pts = i
+        packets += encoder.encode(frame)
+    packets += encoder.encode(None)
+    decoded = [f.to_ndarray(format="rgb24") for p in packets for f in decoder.decode(p)]
+    decoded += [f.to_ndarray(format="rgb24") for f in decoder.decode(None)]
+    if len(decoded) != n:
+        raise RuntimeError(f"H.264 round trip returned {len(decoded)} frames for {n} images")
+    return np.stack(decoded)[:, :height, :width]
+
+
 def _apply(crop: np.ndarray, step: Degradation, rng: np.random.Generator) -> np.ndarray:
     if step.kind == "jpeg":
         return jpeg_recompress(crop, round(step.amount))
@@ -75,17 +109,17 @@ def _apply(crop: np.ndarray, step: Degradation, rng: np.random.Generator) -> np.
 
 
 def degrade(crops: np.ndarray, steps: list[Degradation], seed: int = 0) -> np.ndarray:
-    """The crops [N, S, S, 3] uint8 with every step applied in order (a new array)."""
-    crops = np.asarray(crops, np.uint8)
-    if not steps:
-        return crops.copy()
+    """The crops [N, S, S, 3] uint8 with every step applied in order (a new array). Steps run one
+    after the other over all crops (H.264 encodes them as one intra-only stream)."""
+    out = np.array(crops, np.uint8)
     rng = np.random.default_rng(seed)
-    out = np.empty_like(crops)
-    for i, crop in enumerate(crops):
-        image = np.ascontiguousarray(crop)
-        for step in steps:
-            image = np.ascontiguousarray(_apply(image, step, rng))
-        out[i] = image
+    for step in steps:
+        if step.kind == "h264":
+            for start in range(0, len(out), 512):
+                out[start:start + 512] = h264_recompress(out[start:start + 512], round(step.amount))
+            continue
+        for i, crop in enumerate(out):
+            out[i] = _apply(np.ascontiguousarray(crop), step, rng)
     return out
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 import convert
 from utils import dataset
-from utils.robustness import Degradation, degrade, jpeg_recompress, shrink_and_restore
+from utils.robustness import Degradation, degrade, h264_recompress, jpeg_recompress, shrink_and_restore
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -111,11 +111,14 @@ def soften(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return shrink_and_restore(img, max(2, int(img.shape[0] * rng.uniform(0.3, 0.6))))
 
 
-def augment(img: np.ndarray, rng: np.random.Generator, soften_fraction: float = 0.0) -> np.ndarray:
+def augment(img: np.ndarray, rng: np.random.Generator, soften_fraction: float = 0.0,
+            codec_fraction: float = 0.0) -> np.ndarray:
     """Robustness to what uploads do to faces: re-compression, blur, rescaling, colour, framing.
     soften_fraction: share of faces (real, fake and self-blended alike) also softened as a whole, so
     that softness alone is no evidence (the shipped blending head fires on blurred real faces; README
-    "Robustness to degraded faces"). 0 draws nothing extra: batches stay as before."""
+    "Robustness to degraded faces"). codec_fraction: share of faces ending as an H.264 intra frame
+    (quantiser 22-42) instead of the usual chance of a JPEG, as a face in an uploaded video does.
+    Either at 0 draws nothing extra: batches stay as before."""
     size = img.shape[0]
     out = img
     if soften_fraction > 0 and rng.random() < soften_fraction:
@@ -140,7 +143,9 @@ def augment(img: np.ndarray, rng: np.random.Generator, soften_fraction: float = 
     if rng.random() < 0.1:
         noisy = np.asarray(out, np.float32) + rng.normal(0, rng.uniform(2, 6), out.shape)
         out = np.clip(noisy, 0, 255).astype(np.uint8)
-    if rng.random() < 0.6:
+    if codec_fraction > 0 and rng.random() < codec_fraction:
+        out = h264_recompress(np.ascontiguousarray(out)[None], int(rng.integers(22, 43)))[0]
+    elif rng.random() < 0.6:
         out = jpeg_recompress(out, rng.integers(35, 96))
     return np.ascontiguousarray(out, dtype=np.uint8)
 
@@ -510,7 +515,7 @@ def sbi_slots(real_pools: list, count: int, balance: str, sizes: dict[str, int],
 def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: int, seed: int,
                  sbi_fraction: float = 0.25, first_epoch: int = 0, workers: int = 1,
                  source_balance: str = "equal", soften_fraction: float = 0.0, sbi_mismatch: float = 0.0,
-                 sbi_sources: str = "like-reals"):
+                 sbi_sources: str = "like-reals", codec_fraction: float = 0.0):
     """A keras PyDataset yielding (uint8 crops, [N,2] head labels) with -1 = ignored by that head.
     `first_epoch` lets a continued run draw new batches instead of replaying the first run's.
     `workers` threads build batches ahead (for a GPU that outruns one core); each batch is seeded by
@@ -548,14 +553,15 @@ def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: in
                 for key in keys:
                     rows = pools[key]
                     img = data.crops[rows[rng.integers(len(rows))]]
-                    xs.append(augment(np.asarray(img), rng, soften_fraction))
+                    xs.append(augment(np.asarray(img), rng, soften_fraction, codec_fraction))
                     ys.append((label, 0 if label == 0 else -1))
             for key in sbi_places:
                 rows = pools[key]
                 img = np.asarray(data.crops[rows[rng.integers(len(rows))]])
                 if rng.random() < 0.5:
                     img = img[:, ::-1]
-                xs.append(augment(self_blend(np.ascontiguousarray(img), rng, sbi_mismatch), rng, soften_fraction))
+                xs.append(augment(self_blend(np.ascontiguousarray(img), rng, sbi_mismatch), rng, soften_fraction,
+                                  codec_fraction))
                 ys.append((-1, 1))
             return np.stack(xs).astype(np.float32), np.asarray(ys, np.float32)
 
@@ -732,7 +738,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
           validation_fraction: float = 0.15, sbi_fraction: float = 0.25, init_from: str | Path | None = None,
           loader_workers: int = 1, source_balance: str = "equal", mirror_average: bool = False,
           soften_fraction: float = 0.0, sbi_mismatch: float = 0.0, sbi_sources: str = "like-reals",
-          log=print) -> dict:
+          codec_fraction: float = 0.0, log=print) -> dict:
     """Train, calibrate on the validation split, write the .keras model and model_card.json.
     mirror_average: score each face as the mean of its and its mirror image's logits (off by default:
     better on the validation split, worse on the unseen FF++ faces; README "Run 7 and mirror averaging").
@@ -782,7 +788,8 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
                   jit_compile=False)
     batches = make_batches(data, train_index, batch_size, steps_per_epoch, seed, sbi_fraction,
                            first_epoch=previous_epochs, workers=loader_workers, source_balance=source_balance,
-                           soften_fraction=soften_fraction, sbi_mismatch=sbi_mismatch, sbi_sources=sbi_sources)
+                           soften_fraction=soften_fraction, sbi_mismatch=sbi_mismatch, sbi_sources=sbi_sources,
+                           codec_fraction=codec_fraction)
 
     class TimeBudget(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -813,9 +820,10 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
         "training": {"epochs": epochs_run, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
                      "learning_rate": learning_rate, "seed": seed, "sbi_fraction": sbi_fraction,
                      "source_balance": source_balance, "soften_fraction": soften_fraction,
-                     "sbi_mismatch": sbi_mismatch, "sbi_sources": sbi_sources,
+                     "sbi_mismatch": sbi_mismatch, "sbi_sources": sbi_sources, "codec_fraction": codec_fraction,
                      "validation_fraction": validation_fraction, "width": width,
-                     "augmentation": "flip, framing jitter, down/up-scaling, blur, colour, noise, JPEG 35-95",
+                     "augmentation": "flip, framing jitter, down/up-scaling, blur, colour, noise, JPEG 35-95"
+                                     + (", H.264 intra frames at quantiser 22-42" if codec_fraction else ""),
                      "minutes": round((time.time() - started) / 60, 1),
                      "epochs_total": previous_epochs + epochs_run,
                      "minutes_total": round(previous_minutes + (time.time() - started) / 60, 1),

@@ -31,6 +31,9 @@ _OPTIONS = [
     click.option("--soften-fraction", type=click.FloatRange(0.0, 0.9), default=0.0, show_default=True,
                  help="Share of faces (real and fake alike) blurred or shrunk as a whole before the usual "
                       "augmentation, so that softness alone stops counting as evidence."),
+    click.option("--codec-fraction", type=click.FloatRange(0.0, 0.9), default=0.0, show_default=True,
+                 help="Share of faces (real and fake alike) ending as an H.264 intra frame at quantiser 22-42 "
+                      "instead of the usual chance of a JPEG re-encoding, as faces in uploaded videos do."),
     click.option("--sbi-mismatch", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
                  help="Share of self-blended pseudo-fakes whose inner face is also shrunk and upscaled or "
                       "JPEG-compressed apart from its surroundings, as a pasted face often is."),
