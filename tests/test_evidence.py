@@ -262,13 +262,18 @@ def test_model_page_shows_the_robustness_table(client, weights):
         "dfdc": {"none": {"n": 4247, "roc_auc": 0.8153, "accuracy": 0.7309},
                  "jpeg:50": {"n": 4247, "roc_auc": 0.7901, "accuracy": 0.70, "uncertain": 0.671,
                              "right_outside_band": 0.891, "reals_called_fake": 0.0372},
-                 "broken": "not a mapping", "blur:1": {"n": 4247, "roc_auc": "n/a"}},
+                 "broken": "not a mapping", "blur:1": {"n": 4247, "roc_auc": "n/a"},
+                 "h264:42": {"n": 4247, "roc_auc": 0.7}, "scale:0.5 then jpeg:50": {"n": 4247, "roc_auc": 0.78},
+                 "gamma:2": {"n": 4247, "roc_auc": 0.8}},
         "weird": ["not", "a", "table"]}
     card["robustness_note"] = "degraded validation faces"
     (weights / "model_card.json").write_text(json.dumps(card))
     html = client.get("/model").get_data(as_text=True)
     section = html[html.index('id="model-robustness"'):html.index('id="model-limits"')]
-    assert section.index("as stored") < section.index("jpeg:50") < section.index("blur:1")
+    # in recorded order, in words; a degradation it cannot read is shown as recorded
+    assert (section.index("as stored") < section.index("JPEG quality 50") < section.index("blurred, σ 1 px")
+            < section.index("H.264 video frame, quantiser 42") < section.index("shrunk to 50 % and upscaled, then JPEG quality 50")
+            < section.index("gamma:2"))
     assert "0.815" in section and "0.790" in section and "-0.025" in section
     assert "broken" not in section and "weird" not in section and "degraded validation faces" in section
     assert "Reals called fake" in section and "67.1 %" in section and "89.1 %" in section and "3.7 %" in section

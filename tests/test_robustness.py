@@ -157,3 +157,14 @@ def test_record_adds_held_out_results_to_the_card(tmp_path, app, monkeypatch):
     assert table["blur:2"]["right_outside_band"] == table["blur:2"]["accuracy"]
     assert table["none"]["reals_called_fake"] == 0.0 and "share of real faces" in card["robustness_note"]
     assert not list(model.parent.glob("*.partial"))
+
+
+@pytest.mark.parametrize("recorded, words", [
+    ("none", "as stored"), ("jpeg:30", "JPEG quality 30"), ("scale:0.35", "shrunk to 35 % and upscaled"),
+    ("blur:1.5", "blurred, σ 1.5 px"), ("noise:5", "noise, σ 5"), ("h264:42", "H.264 video frame, quantiser 42"),
+    ("scale:0.5 then jpeg:50", "shrunk to 50 % and upscaled, then JPEG quality 50"),
+    ("gamma:2", "gamma:2"), ("jpeg:500", "jpeg:500")])
+def test_describe_puts_recorded_degradations_in_words(recorded, words):
+    from utils.robustness import describe
+
+    assert describe(recorded) == words

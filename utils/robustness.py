@@ -52,6 +52,23 @@ def parse_degradation(text: str) -> Degradation:
     return Degradation(kind, value)
 
 
+WORDS = {"jpeg": "JPEG quality {:g}", "scale": "shrunk to {:g} % and upscaled", "blur": "blurred, σ {:g} px",
+         "noise": "noise, σ {:g}", "h264": "H.264 video frame, quantiser {:g}"}
+
+
+def describe(recorded: str) -> str:
+    """A recorded degradation ('none', 'scale:0.5 then jpeg:50', 'h264:42') in words for people;
+    anything it cannot read is returned unchanged."""
+    if recorded == "none":
+        return "as stored"
+    try:
+        steps = [parse_degradation(part) for part in recorded.split(" then ")]
+    except ValueError:
+        return recorded
+    return ", then ".join(WORDS[step.kind].format(round(step.amount * 100, 1) if step.kind == "scale" else step.amount)
+                          for step in steps)
+
+
 def jpeg_recompress(image: np.ndarray, quality: int) -> np.ndarray:
     """Encode an RGB uint8 image as JPEG at this quality and decode it again."""
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])

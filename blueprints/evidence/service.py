@@ -120,6 +120,13 @@ class RobustnessRow:
     right_outside_band: float | None = None
     reals_called_fake: float | None = None
 
+    @property
+    def label(self) -> str:
+        """The degradation in words ('JPEG quality 50'), as /model shows it."""
+        from utils.robustness import describe
+
+        return describe(self.degradation)
+
 
 def robustness_rows(card: dict) -> list[RobustnessRow]:
     """The card's robustness table (flask evaluate --degrade --record) as rows, undegraded first;
