@@ -590,3 +590,21 @@ def test_sbi_mismatch_softens_or_recompresses_the_inner_face_only_and_zero_chang
     inner, corner = (slice(None), slice(52, 76), slice(52, 76)), (slice(None), slice(0, 8), slice(0, 8))
     assert np.abs(mixed - np.stack(plain))[inner].mean() > 1.0
     assert np.abs(mixed - face.astype(int))[corner].mean() < 0.5
+
+
+def test_codec_fraction_without_pyav_is_refused_before_training(tmp_path, monkeypatch):
+    import builtins
+
+    from utils.train import train
+
+    real_import = builtins.__import__
+
+    def no_av(name, *args, **kwargs):
+        if name == "av":
+            raise ImportError("No module named 'av'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_av)
+    with pytest.raises(ValueError, match="--codec-fraction needs PyAV"):
+        train([str(tmp_path / "nothing")], tmp_path / "m.keras", codec_fraction=0.3, log=lambda m: None)
+    assert not (tmp_path / "m.keras").exists()

@@ -749,6 +749,12 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
     import keras
 
     started = time.time()
+    if codec_fraction > 0:
+        try:
+            import av  # noqa: F401  (utils.robustness.h264_recompress; PyAV from requirements.txt)
+        except ImportError:
+            raise ValueError("--codec-fraction needs PyAV (pip install av), which this Python lacks; "
+                             "train with --codec-fraction 0 here") from None
     keras.utils.set_random_seed(seed)
     previous = {}
     if init_from:
