@@ -52,8 +52,9 @@ def parse_degradation(text: str) -> Degradation:
     return Degradation(kind, value)
 
 
-WORDS = {"jpeg": "JPEG quality {:g}", "scale": "shrunk to {:g} % and upscaled", "blur": "blurred, σ {:g} px",
-         "noise": "noise, σ {:g}", "h264": "H.264 video frame, quantiser {:g}"}
+WORDS = {"jpeg": lambda q: f"JPEG quality {q:g}", "scale": lambda f: f"shrunk to {f * 100:g} % and upscaled",
+         "blur": lambda sigma: f"blurred, σ {sigma:g} px", "noise": lambda sd: f"noise, σ {sd:g}",
+         "h264": lambda q: f"H.264 video frame, quantiser {q:g}"}
 
 
 def describe(recorded: str) -> str:
@@ -65,8 +66,7 @@ def describe(recorded: str) -> str:
         steps = [parse_degradation(part) for part in recorded.split(" then ")]
     except ValueError:
         return recorded
-    return ", then ".join(WORDS[step.kind].format(round(step.amount * 100, 1) if step.kind == "scale" else step.amount)
-                          for step in steps)
+    return ", then ".join(WORDS[step.kind](step.amount) for step in steps)
 
 
 def jpeg_recompress(image: np.ndarray, quality: int) -> np.ndarray:
@@ -121,8 +121,10 @@ def _apply(crop: np.ndarray, step: Degradation, rng: np.random.Generator) -> np.
         return shrink_and_restore(crop, max(2, round(crop.shape[0] * step.amount)))
     if step.kind == "blur":
         return cv2.GaussianBlur(crop, (0, 0), step.amount)
-    noisy = crop.astype(np.float32) + rng.normal(0, step.amount, crop.shape)
-    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    if step.kind == "noise":
+        noisy = crop.astype(np.float32) + rng.normal(0, step.amount, crop.shape)
+        return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    raise ValueError(f"no per-crop step for {step}")  # h264 runs over all crops at once in degrade()
 
 
 def degrade(crops: np.ndarray, steps: list[Degradation], seed: int = 0) -> np.ndarray:
