@@ -217,6 +217,21 @@ def test_model_page_shows_the_card_and_says_when_charts_are_missing(client, weig
     assert client.get("/model/roc.png").status_code == 404
 
 
+def test_model_page_lists_the_wider_bands_for_faces_without_detail(client, weights):
+    card = json.loads((weights / "model_card.json").read_text())
+    card["uncertain_band"] = [0.3, 0.7]
+    card["detail_bands"] = {"measure": "a detail measure", "edges": [-1.9, -1.3], "bands": [[0.2, 0.8], [0.25, 0.75]]}
+    (weights / "model_card.json").write_text(json.dumps(card))
+    html = client.get("/model").get_data(as_text=True)
+    assert "Wider band for faces without fine detail" in html and "a detail measure" in html
+    assert "<li>detail below -1.90: 20 % – 80 %</li>" in html
+    assert "<li>detail -1.90 to -1.30: 25 % – 75 %</li>" in html
+    card["detail_bands"]["edges"] = [-1.3, -1.9]  # unreadable: the page still renders, without the list
+    (weights / "model_card.json").write_text(json.dumps(card))
+    html = client.get("/model").get_data(as_text=True)
+    assert "Wider band for faces" not in html and card["version"] in html
+
+
 def test_model_page_serves_the_evaluation_images(client, weights):
     buffer = io.BytesIO()
     Image.new("RGB", (20, 20), (10, 20, 30)).save(buffer, "PNG")

@@ -124,6 +124,16 @@ def test_missing_or_damaged_model_is_unavailable(tmp_path):
         Detector(broken)
 
 
+def test_detail_bands_come_from_the_card(tmp_path, tiny_model):
+    assert Detector(tiny_model).detail_bands.band_for(-5.0) == (0.4, 0.6)  # none in the card: its band
+    path = make_tiny_model(tmp_path / "detail", detail_bands={"edges": [-2.0], "bands": [[0.2, 0.8]]})
+    bands = Detector(path).detail_bands
+    assert bands.band_for(-2.5) == (0.2, 0.8) and bands.band_for(-1.0) == (0.4, 0.6)
+    broken = make_tiny_model(tmp_path / "broken", detail_bands={"edges": [-2.0, -3.0], "bands": [[0.2, 0.8]]})
+    with pytest.raises(ModelUnavailable, match="detail_bands"):
+        Detector(broken)
+
+
 def test_get_detector_caches_per_file(tiny_model):
     assert get_detector(tiny_model) is get_detector(tiny_model)
 
@@ -137,6 +147,9 @@ def test_shipped_model_and_card():
     assert 0 < low <= detector.threshold <= high < 1
     for key in ("version", "input_size", "data", "split", "training", "validation_metrics", "fusion"):
         assert key in card
+    assert detector.detail_bands.edges, "the shipped card fits detail-aware bands"
+    for band_low, band_high in detector.detail_bands.bands:  # they only widen the card's band
+        assert band_low <= low and band_high >= high
     scores = detector.score(crops(4, detector.input_size))
     assert scores.shape == (4,) and np.array_equal(scores, detector.score(crops(4, detector.input_size)))
 

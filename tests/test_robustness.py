@@ -6,6 +6,7 @@ import pytest
 from skimage import data as skdata
 
 import convert
+from utils.detail import DetailBands
 from utils.robustness import Degradation, degrade, parse_degradation
 
 
@@ -79,6 +80,7 @@ class CheckerboardDetector:
 
     version, threshold, input_size, card = "checkerboard-1", 0.5, 48, {"training": {}}
     uncertain_band = (0.5, 0.5)  # what Detector takes from a card without a band
+    detail_bands = DetailBands((), (), (0.5, 0.5))  # ... and without detail bands
 
     def score(self, crops: np.ndarray) -> np.ndarray:
         grey = crops.astype(np.float32).mean(axis=3)

@@ -278,8 +278,13 @@ def test_train_then_evaluate_smoke(tmp_path, app):
     tiny = card["validation_metrics"]["tiny"]
     assert 0.0 <= tiny["shipped_uncertain"] <= 1.0
     assert tiny["shipped_right_outside_band"] is None or 0.0 <= tiny["shipped_right_outside_band"] <= 1.0
+    detail = card["detail_bands"]  # fitted on the validation faces as stored and degraded once each
+    assert detail["edges"] == sorted(detail["edges"]) and len(detail["bands"]) == len(detail["edges"])
+    assert all(b_low <= low and b_high >= high for b_low, b_high in detail["bands"])
+    assert "h264:42" in detail["degradations"] and set(detail["effect"]) == {"tiny", "sbi:tiny", "all"}
     detector = Detector(out)
     assert detector.version == card["version"]
+    assert detector.detail_bands.band_for(-10.0) == tuple(detail["bands"][0]) if detail["edges"] else True
     assert detector.score(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2,)
 
     result = runner.invoke(args=["evaluate", "--data", str(data_dir), "--model", str(out),
@@ -299,7 +304,8 @@ def test_evaluate_scores_videos_through_the_pipeline(tmp_path, app):
 
     from tests.test_model import make_tiny_model
 
-    model_path = make_tiny_model(tmp_path / "model")
+    # every face has detail below 5: each video's verdict uses (and reports) the widened band
+    model_path = make_tiny_model(tmp_path / "model", detail_bands={"edges": [5.0], "bands": [[0.01, 0.99]]})
     face = cv2.cvtColor(cv2.resize(skdata.astronaut(), (192, 192)), cv2.COLOR_RGB2BGR)
     for label in ("real", "fake"):
         (tmp_path / "videos" / label).mkdir(parents=True)
@@ -313,6 +319,8 @@ def test_evaluate_scores_videos_through_the_pipeline(tmp_path, app):
     assert result.exit_code == 0, result.output
     assert "2 videos" in result.output and "face_auc_blending_head" in result.output
     assert "uncertain band [" in result.output and "of the videos inside it" in result.output
+    assert result.output.count("(band widened to 0.010-0.990)") == 2
+    assert "100.0% of the videos inside it" in result.output  # 0.01-0.99 holds every score
     assert (tmp_path / "eval" / "roc.png").exists()
 
 
@@ -516,6 +524,14 @@ def test_train_on_a_pack_defers_calibration_and_calibrate_completes_the_card(tmp
     assert recalibrate()["version"] == averaged_version
     card = recalibrate("--no-mirror-average")
     assert card["mirror_average"] is False and card["version"] != averaged_version
+    # Verdicts depend on the detail bands too, so they are part of what names a version.
+    from utils.train import _scoring_fingerprint
+
+    other = json.loads(json.dumps(card))
+    other["detail_bands"].update(edges=[-1.0], bands=[[0.01, 0.99]])
+    assert _scoring_fingerprint(other) != _scoring_fingerprint(card)
+    other["detail_bands"] = dict(card["detail_bands"], effect={})  # the recorded effect is not scoring
+    assert _scoring_fingerprint(other) == _scoring_fingerprint(card)
 
 
 def test_pack_and_train_refuse_what_would_leak_or_cannot_be_read(tmp_path, app):

@@ -10,6 +10,8 @@ The rule, in words:
 4. The file's score is the highest person score: one confidently fake person makes the file fake
    (as the leading DFDC entries did).
 5. score >= uncertain_high -> fake; score < uncertain_low -> real; in between -> uncertain.
+   When the decisive person's faces have lost fine detail (blurred, upscaled, heavily compressed:
+   utils.detail), the card's detail bands give that person a wider band, and the explanation says so.
    No face at all -> "no_face" with no score: we never invent one.
 """
 from __future__ import annotations
@@ -18,12 +20,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from utils.detail import DetailBands
+
 
 @dataclass
 class PersonScore:
     person: int
     score: float
     faces: int
+    detail: float | None = None  # median detail of the person's faces (utils.detail), when measured
 
 
 @dataclass
@@ -34,6 +39,7 @@ class MediaVerdict:
     explanation: str
     persons: list[PersonScore] = field(default_factory=list)
     decisive_person: int | None = None
+    band: tuple[float, float] | None = None  # the uncertain band this verdict used
 
 
 def person_score(scores: list[float] | np.ndarray) -> float:
@@ -53,29 +59,40 @@ def verdict_for(score: float, threshold: float, uncertain_band: tuple[float, flo
     return "uncertain" if high > low else ("fake" if score >= threshold else "real")
 
 
-def aggregate_faces(faces: list[tuple[int, int, float]], frames_sampled: int, threshold: float,
-                    uncertain_band: tuple[float, float], kind: str) -> MediaVerdict:
-    """faces: (frame_index, person, score) for every face found. See the module docstring."""
-    frames_with_faces = len({frame for frame, _, _ in faces})
+def aggregate_faces(faces: list[tuple], frames_sampled: int, threshold: float,
+                    uncertain_band: tuple[float, float], kind: str,
+                    detail_bands: DetailBands | None = None) -> MediaVerdict:
+    """faces: (frame_index, person, score) or (frame_index, person, score, detail) for every face
+    found. See the module docstring; without detail_bands (or details) every person gets
+    uncertain_band."""
+    frames_with_faces = len({face[0] for face in faces})
     if not faces:
         where = (f"any of the {frames_sampled} sampled frames" if kind == "video" and frames_sampled
                  else "the image")
         return MediaVerdict("no_face", None, 0,
-                            f"No face was found in {where}, so no verdict was made.")
+                            f"No face was found in {where}, so no verdict was made.",
+                            band=tuple(uncertain_band))
 
     by_person: dict[int, list[float]] = {}
-    for _, person, score in faces:
-        by_person.setdefault(person, []).append(float(score))
-    persons = [PersonScore(p, person_score(s), len(s)) for p, s in sorted(by_person.items())]
+    details: dict[int, list[float]] = {}
+    for face in faces:
+        by_person.setdefault(face[1], []).append(float(face[2]))
+        if len(face) > 3 and face[3] is not None:
+            details.setdefault(face[1], []).append(float(face[3]))
+    persons = [PersonScore(p, person_score(s), len(s), float(np.median(details[p])) if p in details else None)
+               for p, s in sorted(by_person.items())]
 
     considered = persons
     if kind == "video" and frames_with_faces >= 4:
         steady = [p for p in persons if p.faces >= max(2, 0.25 * frames_with_faces)]
         considered = steady or persons
     decisive = max(considered, key=lambda p: p.score)
-    verdict = verdict_for(decisive.score, threshold, uncertain_band)
+    band = tuple(uncertain_band)
+    if detail_bands is not None:
+        band = detail_bands.band_for(decisive.detail)
+    verdict = verdict_for(decisive.score, threshold, band)
 
-    low, high = uncertain_band
+    low, high = band
     if kind == "video":
         seen = f"Faces were found in {frames_with_faces} of {frames_sampled} sampled frames"
     else:
@@ -89,5 +106,10 @@ def aggregate_faces(faces: list[tuple[int, int, float]], frames_sampled: int, th
         "real": f"below {min(low, threshold):.2f} means likely real",
         "uncertain": f"between {min(low, threshold):.2f} and {max(high, threshold):.2f} the model is not sure",
     }[verdict]
-    return MediaVerdict(verdict, decisive.score, frames_with_faces, f"{seen}; {who} ({rule}).",
-                        persons, decisive.person)
+    explanation = f"{seen}; {who} ({rule})."
+    if tuple(band) != tuple(uncertain_band):
+        explanation += (f" The faces behind this score have lost fine detail (blurred, upscaled or heavily compressed; detail "
+                        f"{decisive.detail:.2f}), which makes scores less reliable, so the band was widened from "
+                        f"{uncertain_band[0]:.2f}-{uncertain_band[1]:.2f} to {low:.2f}-{high:.2f}.")
+    return MediaVerdict(verdict, decisive.score, frames_with_faces, explanation,
+                        persons, decisive.person, band=tuple(band))

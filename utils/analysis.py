@@ -16,6 +16,7 @@ from PIL import Image
 
 import convert
 from utils.aggregate import MediaVerdict, aggregate_faces
+from utils.detail import face_detail
 from utils.model import trim_malloc  # TensorFlow loads only inside Detector(): cheap here
 
 Progress = Callable[[str, float], None]
@@ -34,6 +35,7 @@ class ScoredFace:
     person: int
     box: tuple[int, int, int, int]  # x, y, w, h in the source frame
     score: float
+    detail: float | None = None  # fine detail left in the crop (utils.detail)
     crop: np.ndarray | None = field(default=None, repr=False)
     heatmap: np.ndarray | None = field(default=None, repr=False)
 
@@ -75,7 +77,8 @@ class MediaReport:
             "uncertain_band": [self.uncertain_low, self.uncertain_high],
             "model_version": self.model_version,
             "faces": [
-                {"frame": f.frame_index, "person": f.person, "box": list(f.box), "score": f.score}
+                {"frame": f.frame_index, "person": f.person, "box": list(f.box), "score": f.score,
+                 "detail": None if f.detail is None else round(f.detail, 3)}
                 for f in self.faces
             ],
             "frames": [
@@ -127,6 +130,7 @@ def inspect_media(
     progress("scoring", 0.0)
     crops = np.stack([face.crop for _, face in all_faces]) if all_faces else None
     scores = detector.score(crops) if crops is not None else np.zeros(0)
+    details = face_detail(crops) if crops is not None else np.zeros(0)
     heatmaps = detector.heatmaps(crops) if (with_heatmaps and crops is not None) else None
     progress("scoring", 1.0)
 
@@ -139,6 +143,7 @@ def inspect_media(
                 person=persons[i],
                 box=tuple(int(v) for v in face.box),
                 score=float(scores[i]),
+                detail=float(details[i]),
                 crop=face.crop,
                 heatmap=None if heatmaps is None else heatmaps[i],
             )
@@ -158,18 +163,19 @@ def inspect_media(
     del crops  # the stacked copy (each face keeps its own crop)
     trim_malloc()  # hand the decoding and scoring temporaries back to the OS
     verdict = aggregate_faces(
-        [(f.frame_index, f.person, f.score) for f in scored_faces],
+        [(f.frame_index, f.person, f.score, f.detail) for f in scored_faces],
         frames_sampled=len(media.frames),
         threshold=detector.threshold,
         uncertain_band=detector.uncertain_band,
         kind=media.kind,
+        detail_bands=getattr(detector, "detail_bands", None),  # stand-in detectors in tests may lack it
     )
     return MediaReport(
         kind=media.kind,
         verdict=verdict,
         threshold=detector.threshold,
-        uncertain_low=detector.uncertain_band[0],
-        uncertain_high=detector.uncertain_band[1],
+        uncertain_low=verdict.band[0],  # the band this verdict used (wider for faces without detail)
+        uncertain_high=verdict.band[1],
         model_version=detector.version,
         width=media.width,
         height=media.height,

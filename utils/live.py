@@ -27,6 +27,7 @@ from PIL import Image
 import convert
 from utils.aggregate import MediaVerdict, aggregate_faces
 from utils.analysis import MediaReport, ScoredFace, ScoredFrame
+from utils.detail import face_detail
 
 # Kept per frame for a possible save, as JPEG bytes (a few kB each) rather than pixels.
 KEPT_IMAGE_MAX_SIDE = 480
@@ -70,6 +71,7 @@ class LiveSettings:
 class LiveFace:
     box: tuple[int, int, int, int]
     score: float
+    detail: float | None = None  # fine detail left in the crop (utils.detail)
     crop_jpeg: bytes | None = field(default=None, repr=False)
 
 
@@ -149,10 +151,12 @@ def score_frame(rgb: np.ndarray, detector, *, keep_images: bool = True) -> tuple
     """Faces in one RGB frame with their calibrated P(fake): convert.py finds and crops them,
     the detector scores them, exactly as for uploads. Optionally the JPEG bytes kept for a save."""
     faces = convert.faces_in_frame(rgb, detector.input_size)
-    scores = detector.score(np.stack([f.crop for f in faces])) if faces else np.zeros(0)
-    live_faces = [LiveFace(box=tuple(int(v) for v in face.box), score=float(score),
+    crops = np.stack([f.crop for f in faces]) if faces else None
+    scores = detector.score(crops) if faces else np.zeros(0)
+    details = face_detail(crops) if faces else np.zeros(0)
+    live_faces = [LiveFace(box=tuple(int(v) for v in face.box), score=float(score), detail=float(detail),
                            crop_jpeg=_jpeg(face.crop) if keep_images else None)
-                  for face, score in zip(faces, scores)]
+                  for face, score, detail in zip(faces, scores, details)]
     return live_faces, (_jpeg(rgb) if keep_images else None)
 
 
@@ -170,10 +174,11 @@ def aggregate_frames(frames: list[LiveFrame], detector) -> MediaVerdict:
     faces, k = [], 0
     for frame in frames:
         for face in frame.faces:
-            faces.append((frame.seq, persons[k], face.score))
+            faces.append((frame.seq, persons[k], face.score, face.detail))
             k += 1
     return aggregate_faces(faces, frames_sampled=len(frames), threshold=detector.threshold,
-                           uncertain_band=detector.uncertain_band, kind="video")
+                           uncertain_band=detector.uncertain_band, kind="video",
+                           detail_bands=getattr(detector, "detail_bands", None))
 
 
 class LiveSession:
@@ -308,7 +313,7 @@ class LiveSession:
             with_image = frame.seq in keep
             for face in frame.faces:
                 scored_faces.append(ScoredFace(
-                    frame_index=frame.seq, person=persons[k], box=face.box, score=face.score,
+                    frame_index=frame.seq, person=persons[k], box=face.box, score=face.score, detail=face.detail,
                     crop=_from_jpeg(face.crop_jpeg) if (with_image and face.crop_jpeg) else None))
                 k += 1
             scored_frames.append(ScoredFrame(
@@ -317,7 +322,7 @@ class LiveSession:
         first = frames[0]
         return MediaReport(
             kind="video", verdict=verdict, threshold=detector.threshold,
-            uncertain_low=detector.uncertain_band[0], uncertain_high=detector.uncertain_band[1],
+            uncertain_low=verdict.band[0], uncertain_high=verdict.band[1],
             model_version=detector.version, width=first.width, height=first.height,
             duration_s=round(frames[-1].time_s - first.time_s, 3) if len(frames) > 1 else 0.0,
             fps=None, frame_count=len(frames), faces=scored_faces, frames=scored_frames,
@@ -440,7 +445,7 @@ class RedisLiveSession(LiveSession):
         frame = LiveFrame(seq=seq, time_s=round(now - self.started if time_s is None else time_s, 3),
                           width=width, height=height, faces=faces, image_jpeg=image_jpeg)
         record = {"seq": seq, "time_s": frame.time_s, "width": width, "height": height,
-                  "faces": [{"box": list(f.box), "score": f.score} for f in faces]}
+                  "faces": [{"box": list(f.box), "score": f.score, "detail": f.detail} for f in faces]}
         pipe = self.redis.pipeline()
         pipe.rpush(self.key + ":frames", json.dumps(record))
         if image_jpeg:
@@ -471,7 +476,8 @@ class RedisLiveSession(LiveSession):
         for raw in self.redis.lrange(self.key + ":frames", -n if n else 0, -1):
             r = json.loads(raw)
             frames.append(LiveFrame(seq=r["seq"], time_s=r["time_s"], width=r["width"], height=r["height"],
-                                    faces=[LiveFace(box=tuple(f["box"]), score=f["score"]) for f in r["faces"]]))
+                                    faces=[LiveFace(box=tuple(f["box"]), score=f["score"], detail=f.get("detail"))
+                                           for f in r["faces"]]))
         return frames
 
     def with_images(self, frames: list[LiveFrame], seqs: set[int]) -> list[LiveFrame]:

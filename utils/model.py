@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.detail import DetailBands
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BATCH = 32
@@ -151,6 +153,10 @@ class Detector:
         self.threshold = float(self.card.get("threshold", 0.5))
         band = self.card.get("uncertain_band", [self.threshold, self.threshold])
         self.uncertain_band = (float(band[0]), float(band[1]))
+        try:  # wider bands for faces that lost fine detail (utils.detail); older cards: none
+            self.detail_bands = DetailBands.from_card(self.card.get("detail_bands"), self.uncertain_band)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelUnavailable(f"The model card {card_file} has unreadable detail_bands: {exc}") from exc
         self.fusion = Fusion.from_card(self.card.get("fusion") or {}, self.model.output_shape[-1])
         # The fusion was fitted on mirror-averaged logits only when the card says so (older cards: no).
         self.mirror_average = bool(self.card.get("mirror_average", False))

@@ -24,12 +24,19 @@ import numpy as np
 
 import convert
 from utils import dataset
-from utils.robustness import Degradation, degrade, h264_recompress, jpeg_recompress, shrink_and_restore
+from utils.detail import MEASURE as DETAIL_MEASURE, DetailBands, face_detail, widened
+from utils.robustness import (Degradation, degrade, h264_recompress, jpeg_recompress, parse_degradation,
+                              shrink_and_restore)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HEADS = ("generation", "blending")
 BAND_TARGET = 0.9  # outside the uncertain band, validation verdicts are right at least this often
+# Detail-aware bands (utils.detail): each validation face is scored once more after one of these, drawn
+# at random, and the faces (as stored and degraded) are binned by detail at these quantiles.
+DETAIL_DEGRADATIONS = ("blur:0.7", "blur:1", "blur:1.5", "blur:2", "scale:0.5", "scale:0.35", "jpeg:50",
+                       "jpeg:30", "noise:5", "h264:30", "h264:36", "h264:42")
+DETAIL_QUANTILES = (0.05, 0.15, 0.35)
 DATA_TERMS = {
     "dfdc": "Deepfake Detection Challenge (Meta/AWS) face crops: research and evaluation use only",
     "stylegan1_ffhq": "'140k Real and Fake Faces' subset (FFHQ photos by NVIDIA, CC BY-NC-SA 4.0; "
@@ -622,21 +629,84 @@ def _uncertain_band(probs: np.ndarray, labels: np.ndarray, threshold: float, tar
 def band_reliability(probs: np.ndarray, labels: np.ndarray, band) -> dict:
     """How a band serves one set of faces: the share it answers 'uncertain', and how often the
     verdicts outside it ('fake' at or above the top, 'real' below the bottom) were right. The band is
-    fitted on all validation faces together, so a source can fare worse than its rule says."""
-    low, high = band
+    fitted on all validation faces together, so a source can fare worse than its rule says.
+    band: (low, high) for every face, or per-face arrays (detail-aware bands)."""
     probs, labels = np.asarray(probs), np.asarray(labels)
+    low, high = (np.broadcast_to(np.asarray(edge, np.float64), probs.shape) for edge in band)
     decided = (probs < low) | (probs >= high)
     right = ((probs >= high) & (labels == 1)) | ((probs < low) & (labels == 0))
     reals = labels == 0
     return {"uncertain": round(float(1 - decided.mean()), 4) if len(probs) else None,
             "right_outside_band": round(float(right[decided].mean()), 4) if decided.any() else None,
-            "reals_called_fake": round(float((probs[reals] >= high).mean()), 4) if reals.any() else None}
+            "reals_called_fake": round(float((probs[reals] >= high[reals]).mean()), 4) if reals.any() else None}
+
+
+def degraded_mixture(crops: np.ndarray, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Each crop after one degradation of DETAIL_DEGRADATIONS drawn at random (seeded); H.264 ones
+    only where PyAV is installed. Returns the crops and the degradations used."""
+    try:
+        import av  # noqa: F401  (not in the GPU bundle)
+        kinds = list(DETAIL_DEGRADATIONS)
+    except ImportError:
+        kinds = [k for k in DETAIL_DEGRADATIONS if not k.startswith("h264")]
+    choice = np.random.default_rng(seed + 2000).integers(len(kinds), size=len(crops))
+    out = np.empty_like(crops)
+    for k, text in enumerate(kinds):
+        rows = np.flatnonzero(choice == k)
+        if rows.size:
+            out[rows] = degrade(crops[rows], [parse_degradation(text)], seed=seed + k)
+    return out, kinds
+
+
+def fit_detail_bands(probs: np.ndarray, labels: np.ndarray, details: np.ndarray, band, threshold: float,
+                     quantiles=DETAIL_QUANTILES, min_faces: int = 40) -> dict:
+    """Bin faces by detail at these quantiles; in each bin below the top one, the band that keeps
+    verdicts outside it right >= BAND_TARGET (as _uncertain_band), never narrower than `band` or than
+    a bin with more detail (utils.detail.widened). A bin with fewer than min_faces keeps the band
+    of the bin above it. Returns the card's `detail_bands` entry."""
+    probs, labels, details = np.asarray(probs), np.asarray(labels), np.asarray(details)
+    edges = sorted({round(float(e), 3) for e in np.quantile(details, quantiles)}) if len(details) else []
+    bands, low_edge = [], -np.inf
+    for edge in edges:
+        sel = (details >= low_edge) & (details < edge)
+        bands.append(_uncertain_band(probs[sel], labels[sel], threshold) if sel.sum() >= min_faces else None)
+        low_edge = edge
+    for i in range(len(bands) - 1, -1, -1):  # a thin bin borrows the band of the bin above it
+        if bands[i] is None:
+            bands[i] = bands[i + 1] if i + 1 < len(bands) else tuple(band)
+    bands = widened(bands, tuple(band))
+    return {"measure": DETAIL_MEASURE, "edges": list(edges),
+            "bands": [[round(lo, 3), round(hi, 3)] for lo, hi in bands],
+            "rule": f"a face whose detail is below edges[i] (and not below edges[i-1]) gets bands[i]; at or above "
+                    f"the last edge, the uncertain band. Fitted on the validation faces as stored and once more "
+                    f"after one degradation each, binned at detail quantiles {list(quantiles)}: in each bin, "
+                    f"verdicts outside its band were right >= {BAND_TARGET:.0%}; never narrower than the band "
+                    "of a bin with more detail. A person's detail is the median over their faces."}
+
+
+def _detail_fit(probs, degraded_probs, labels, sources, details, degraded_details, band, threshold):
+    """Fit the detail-aware bands on the validation faces as stored and degraded; return the card
+    entry (with their effect on the degraded faces per source: the band alone vs detail-aware, on the
+    faces they were fitted on) and the per-face (low, high) bands of the faces as stored."""
+    entry = fit_detail_bands(np.concatenate([probs, degraded_probs]), np.concatenate([labels, labels]),
+                             np.concatenate([details, degraded_details]), band, threshold)
+    bands = DetailBands.from_card(entry, band)
+    degraded_low, degraded_high = bands.bands_for(degraded_details)
+    entry["effect"] = {}
+    for source in list(np.unique(sources)) + ["all"]:
+        sel = np.ones(len(labels), bool) if source == "all" else sources == source
+        entry["effect"][str(source)] = {
+            "degraded_band_only": band_reliability(degraded_probs[sel], labels[sel], band),
+            "degraded_detail_aware": band_reliability(degraded_probs[sel], labels[sel],
+                                                      (degraded_low[sel], degraded_high[sel]))}
+    return entry, bands.bands_for(details)
 
 
 def calibrate(model, data: PackedData, val_index: np.ndarray, seed: int, threshold: float = 0.5,
               mirror_average: bool = False):
-    """Fit the fusion on validation logits (mirror-averaged when the card will score that way);
-    return (card fusion dict, uncertain band, per-source metrics)."""
+    """Fit the fusion on validation logits (mirror-averaged when the card will score that way), the
+    uncertain band, and the detail-aware bands (on the faces as stored and once degraded); return
+    (card fusion dict, uncertain band, per-source metrics, card detail_bands entry)."""
     from utils.model import Fusion
 
     val_crops, val_labels, val_sources = validation_set(data, val_index, seed)
@@ -659,6 +729,11 @@ def calibrate(model, data: PackedData, val_index: np.ndarray, seed: int, thresho
     probs = shipped.probability(logits)
     alt_probs = alternative.probability(logits)
     band = _uncertain_band(probs, val_labels, threshold)
+    degraded, used = degraded_mixture(val_crops, seed)
+    degraded_probs = shipped.probability(_batched_logits(model, degraded, mirror_average=mirror_average))
+    detail_entry, face_band = _detail_fit(probs, degraded_probs, val_labels, val_sources, face_detail(val_crops),
+                                          face_detail(degraded), band, threshold)
+    detail_entry["degradations"] = used
 
     metrics = {}
     for source in list(np.unique(val_sources)) + ["all"]:
@@ -672,12 +747,13 @@ def calibrate(model, data: PackedData, val_index: np.ndarray, seed: int, thresho
         entry.update({f"shipped_{k}": v for k, v in
                       classification_metrics(val_labels[sel], probs[sel], threshold).items()
                       if k in ("roc_auc", "accuracy", "precision", "recall")})
-        entry.update({f"shipped_{k}": v for k, v in band_reliability(probs[sel], val_labels[sel], band).items()})
+        entry.update({f"shipped_{k}": v for k, v in band_reliability(
+            probs[sel], val_labels[sel], (face_band[0][sel], face_band[1][sel])).items()})
         metrics[str(source)] = entry
     fusion = {"mode": "max", "heads": list(HEADS), "scales": scales, "biases": biases,
               "alternative_logistic": {"weights": [round(float(w), 6) for w in lr_weights],
                                        "bias": round(lr_bias, 6)}}
-    return fusion, band, metrics
+    return fusion, band, metrics, detail_entry
 
 
 def load_initial_model(path: str | Path, input_size: int, exact_size: bool = False):
@@ -859,7 +935,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
 def _calibrated_fields(model, data: PackedData, val_index: np.ndarray, seed: int, validation_fraction: float,
                        overlap: set, training: dict, mirror_average: bool) -> dict:
     """The card's fusion, band, split and validation metrics, fitted on the validation faces."""
-    fusion, band, metrics = calibrate(model, data, val_index, seed, mirror_average=mirror_average)
+    fusion, band, metrics, detail_entry = calibrate(model, data, val_index, seed, mirror_average=mirror_average)
     sources_used = sorted({str(s) for s in data.sources})
     fields = {
         "calibrated": True,
@@ -873,7 +949,9 @@ def _calibrated_fields(model, data: PackedData, val_index: np.ndarray, seed: int
         "threshold": 0.5,
         "uncertain_band": list(band),
         "uncertain_band_rule": "outside the band, validation verdicts (all sources together) were right >= 90 % "
-                               "of the time; per source, see the validation metrics",
+                               "of the time; per source, see the validation metrics. Faces that lost fine "
+                               "detail get a wider band (detail_bands)",
+        "detail_bands": detail_entry,
         "counts": {s: {"train": int(training.get("train_faces", {}).get(
                            s, ((data.sources == s) & (data.splits == "train")).sum())),
                        "validation": int(((data.sources == s) & (data.splits == "validation")).sum())}
@@ -885,7 +963,7 @@ def _calibrated_fields(model, data: PackedData, val_index: np.ndarray, seed: int
         "metrics_note": "ROC-AUC per validation source for each head alone, for the shipped fusion "
                         "(max of calibrated heads) and for the alternative (one logistic regression over both "
                         "logits); accuracy/precision/recall of the shipped score at the threshold; "
-                        "'shipped uncertain' = share of faces in the uncertain band, 'shipped right outside band' "
+                        "'shipped uncertain' = share of faces in their uncertain band (detail-aware), 'shipped right outside band' "
                         "= how often the 'fake'/'real' verdicts outside it were right, 'shipped reals called fake' = share "
                         "of the real faces at or above its top. "
                         "'sbi:<source>' = self-blended fakes made from that source's validation reals vs those "
@@ -906,7 +984,8 @@ def _model_version(*contents: bytes) -> str:
 def _scoring_fingerprint(card: dict) -> str:
     """What, besides the weights, decides a card's scores and verdicts."""
     return json.dumps([card.get("fusion"), bool(card.get("mirror_average", False)), card.get("threshold"),
-                       card.get("uncertain_band")], sort_keys=True)
+                       card.get("uncertain_band"), card.get("detail_bands", {}).get("edges"),
+                       card.get("detail_bands", {}).get("bands")], sort_keys=True)
 
 
 def calibrate_model(model_path: str | Path, data_dirs: list[str], *, cache_dir: str | Path = "data/cache",
@@ -980,7 +1059,7 @@ def evaluate(data_dir: str, model_path: str | Path, out_dir: str | Path, *, cach
         crops = degrade(crops, degradations)
     scores = detector.score(crops) if len(keep) else np.zeros(0)
     result = classification_metrics(labels, scores, detector.threshold)
-    result.update(_band_fields(detector, scores, labels))
+    result.update(_band_fields(detector, scores, labels, detector.detail_bands.bands_for(face_detail(crops))))
     result["degradation"] = " then ".join(map(str, degradations)) or "none"
     result["threshold"] = detector.threshold
     result["model_version"] = detector.version
@@ -989,10 +1068,11 @@ def evaluate(data_dir: str, model_path: str | Path, out_dir: str | Path, *, cach
     return _write_plots(result, labels, scores, Path(out_dir), data_dir, detector.threshold)
 
 
-def _band_fields(detector, scores: np.ndarray, labels: np.ndarray) -> dict:
-    """The detector's uncertain band and what it does to these scores (band_reliability), as
-    evaluate's result keys: printed by `flask evaluate`, kept by --record."""
-    reliability = band_reliability(scores, labels, detector.uncertain_band)
+def _band_fields(detector, scores: np.ndarray, labels: np.ndarray, bands) -> dict:
+    """The detector's uncertain band and what the bands used (per face or per video: detail-aware)
+    do to these scores (band_reliability), as evaluate's result keys: printed by `flask evaluate`,
+    kept by --record."""
+    reliability = band_reliability(scores, labels, bands)
     return {"uncertain_band": list(detector.uncertain_band), **{f"band_{k}": v for k, v in reliability.items()}}
 
 
@@ -1001,7 +1081,7 @@ def _evaluate_videos(videos: list[tuple[str, int]], detector, out_dir: Path, dat
     aggregation); metrics are per video, plus each head's ROC-AUC over all the faces found."""
     from utils.analysis import inspect_media
 
-    labels, scores, face_labels, face_logits, per_video = [], [], [], [], []
+    labels, scores, bands, face_labels, face_logits, per_video = [], [], [], [], [], []
     for path, label in videos:
         report = inspect_media(path, detector=detector, frames=32)
         crops = np.stack([f.crop for f in report.faces]) if report.faces else None
@@ -1009,17 +1089,22 @@ def _evaluate_videos(videos: list[tuple[str, int]], detector, out_dir: Path, dat
             face_logits.append(detector.logits(crops))
             face_labels.extend([label] * len(crops))
         score = report.verdict.score
+        band = [report.uncertain_low, report.uncertain_high]  # wider when the faces lost fine detail
         per_video.append({"path": str(path), "label": label, "verdict": report.verdict.verdict,
-                          "score": None if score is None else round(float(score), 4), "faces": len(report.faces)})
-        log(f"  {Path(path).name}: {report.verdict.verdict} {score if score is None else round(score, 3)}")
+                          "score": None if score is None else round(float(score), 4), "faces": len(report.faces),
+                          "band": band})
+        log(f"  {Path(path).name}: {report.verdict.verdict} {score if score is None else round(score, 3)}"
+            + ("" if tuple(band) == tuple(detector.uncertain_band) else f" (band widened to {band[0]:.3f}-{band[1]:.3f})"))
         if score is not None:
             labels.append(label)
             scores.append(score)
+            bands.append((report.uncertain_low, report.uncertain_high))  # the band its verdict used
     labels, scores = np.asarray(labels, int), np.asarray(scores)
     result = classification_metrics(labels, scores, detector.threshold)
     result.update(threshold=detector.threshold, model_version=detector.version, split="all",
                   unreadable_files=0, videos=per_video)
-    result.update(_band_fields(detector, scores, labels))
+    bands = np.asarray(bands, np.float64).reshape(-1, 2)
+    result.update(_band_fields(detector, scores, labels, (bands[:, 0], bands[:, 1])))
     if face_logits:
         logits = np.concatenate(face_logits)
         for h, head in enumerate(detector.head_names):

@@ -85,7 +85,7 @@ def model_card():
                            columns=service.metric_columns(metrics), images=images,
                            evaluation_sets=service.evaluation_sets(),
                            limits=service.model_limits(card), auc=service.overall_auc(card),
-                           robustness=service.robustness_rows(card))
+                           robustness=service.robustness_rows(card), detail_bands=service.detail_band_rows(card))
 
 
 @bp.route("/model/<any(roc, confusion):kind>.png")

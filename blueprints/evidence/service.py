@@ -157,6 +157,23 @@ def robustness_rows(card: dict) -> list[RobustnessRow]:
     return rows
 
 
+def detail_band_rows(card: dict) -> list[tuple[str, float, float]]:
+    """The card's detail-aware bands for /model, least detail first: (which faces, low, high);
+    empty for a card without them or with ones that cannot be read."""
+    from utils.detail import DetailBands
+
+    try:
+        bands = DetailBands.from_card(card.get("detail_bands"), tuple(card.get("uncertain_band") or (0.5, 0.5)))
+    except (KeyError, TypeError, ValueError):
+        return []
+    rows, below = [], None
+    for edge, (low, high) in zip(bands.edges, bands.bands):
+        which = f"detail below {edge:.2f}" if below is None else f"detail {below:.2f} to {edge:.2f}"
+        rows.append((which, low, high))
+        below = edge
+    return rows
+
+
 def model_limits(card: dict) -> list[str]:
     """Known limits: the card's own list when it has one (the lines `train`/`calibrate` write, then
     the measured_limits people added after evaluating this version, which a recalibration keeps),
