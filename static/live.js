@@ -56,8 +56,9 @@
 
   function percent(value) { return (value * 100).toFixed(Math.abs(value - threshold) < 0.05 ? 1 : 0) + " %"; }
 
-  function classFor(score) {
-    if (score >= band[0] && score <= band[1]) { return "uncertain"; }
+  function classFor(score, faceBand) {
+    var edges = faceBand || band;
+    if (score >= edges[0] && score < edges[1]) { return "uncertain"; }
     return score >= threshold ? "fake" : "real";
   }
 
@@ -72,7 +73,7 @@
     ctx.font = "bold " + size + "px sans-serif";
     ctx.textBaseline = "top";
     answer.faces.forEach(function (face, i) {
-      var colour = colours[classFor(face.score)];
+      var colour = colours[classFor(face.score, face.uncertain_band)];
       var b = face.box;
       var label = "#" + (i + 1) + " " + percent(face.score);
       var labelY = b[1] >= size + 6 ? b[1] - size - 6 : b[1] + b[3];
@@ -127,7 +128,7 @@
 
   function showAnswer(answer) {
     threshold = answer.threshold;
-    band = answer.uncertain_band;
+    band = answer.rolling.uncertain_band || answer.uncertain_band;  // wider when the faces lost detail
     history.push({ score: answer.score });
     if (history.length > 600) { history.shift(); }
     drawBoxes(answer);

@@ -128,6 +128,11 @@ def test_frame_with_a_face_is_scored_with_boxes_and_rolling_verdict(client, user
     assert 0.0 <= answer["score"] <= 1.0
     assert answer["rolling"]["verdict"] in ("real", "fake", "uncertain")
     assert answer["rolling"]["frames"] == 1 and answer["rolling"]["frames_with_faces"] == 1
+    # the band each answer used: the card's, or wider for a face that lost its fine detail
+    low, high = answer["uncertain_band"]
+    for band in (answer["faces"][0]["uncertain_band"], answer["rolling"]["uncertain_band"]):
+        assert band[0] <= low and band[1] >= high
+    assert answer["rolling"]["uncertain_band"] == answer["faces"][0]["uncertain_band"]  # one face, one person
     assert answer["rates"]["scored"] == 1 and answer["rates"]["dropped"] == 0
     second = send(client, session, face_jpeg).get_json()
     assert second["seq"] == 1 and second["rolling"]["frames"] == 2
@@ -265,6 +270,23 @@ def test_sessions_expire_after_idle_time():
     assert store.get(session.id, 8) is None
     now[0] += 61
     assert store.get(session.id, 7) is None and store.count() == 0
+
+
+def test_rolling_verdict_widens_its_band_for_faces_without_detail():
+    from utils.detail import DetailBands
+
+    class FakeDetector:
+        threshold, uncertain_band = 0.5, (0.45, 0.55)
+        detail_bands = DetailBands((-1.5,), ((0.1, 0.9),), (0.45, 0.55))
+
+    answers = {}
+    for detail in (-1.0, -2.0):
+        session = live_module.LiveSession(1, live_module.LiveSettings(window_seconds=5), clock=lambda: 0.0)
+        session.add_frame(100, 100, [live_module.LiveFace(box=(10, 10, 40, 40), score=0.8, detail=detail)], None)
+        answers[detail] = session.rolling_verdict(FakeDetector()).to_json()
+    assert answers[-1.0]["verdict"] == "fake" and answers[-1.0]["uncertain_band"] == [0.45, 0.55]
+    assert answers[-2.0]["verdict"] == "uncertain" and answers[-2.0]["uncertain_band"] == [0.1, 0.9]
+    assert "lost fine detail" in answers[-2.0]["explanation"]
 
 
 def test_rolling_verdict_only_looks_at_the_window():

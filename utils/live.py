@@ -98,11 +98,13 @@ class RollingVerdict:
     window_seconds: float
     frames: int
     frames_with_faces: int
+    band: tuple[float, float] | None = None  # the uncertain band the verdict used (wider without detail)
 
     def to_json(self) -> dict:
         return {"verdict": self.verdict, "score": self.score, "explanation": self.explanation,
                 "window_s": self.window_seconds, "frames": self.frames,
-                "frames_with_faces": self.frames_with_faces}
+                "frames_with_faces": self.frames_with_faces,
+                "uncertain_band": None if self.band is None else list(self.band)}
 
 
 @dataclass
@@ -270,7 +272,7 @@ class LiveSession:
             explanation = (f"No face was seen in the last {self.settings.window_seconds:g} s "
                            f"({len(frames)} frame{'s' if len(frames) != 1 else ''}), so there is no verdict.")
         return RollingVerdict(verdict.verdict, verdict.score, explanation, self.settings.window_seconds,
-                              len(frames), verdict.frames_with_faces)
+                              len(frames), verdict.frames_with_faces, verdict.band)
 
     def rates(self) -> Rates:
         """Frames actually scored and dropped per second over the recent rate window."""

@@ -182,7 +182,8 @@ def frame(session_id: str):
         session.end_scoring()
     response = jsonify({
         "seq": scored.seq, "time_s": scored.time_s, "width": scored.width, "height": scored.height,
-        "faces": [{"box": list(f.box), "score": round(f.score, 4)} for f in scored.faces],
+        "faces": [{"box": list(f.box), "score": round(f.score, 4),  # each face's band: wider without detail
+                   "uncertain_band": list(detector.detail_bands.band_for(f.detail))} for f in scored.faces],
         "score": None if scored.score is None else round(scored.score, 4),
         "no_face": not scored.faces,
         "rolling": rolling.to_json(),
