@@ -13,6 +13,7 @@ from extensions import db
 from models import Analysis, FrameResult
 from tests.conftest import csrf_token_from
 from utils import live as live_module
+from utils.detail import DetailBands
 
 
 def _jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
@@ -273,8 +274,6 @@ def test_sessions_expire_after_idle_time():
 
 
 def test_rolling_verdict_widens_its_band_for_faces_without_detail():
-    from utils.detail import DetailBands
-
     class FakeDetector:
         threshold, uncertain_band = 0.5, (0.45, 0.55)
         detail_bands = DetailBands((-1.5,), ((0.1, 0.9),), (0.45, 0.55))
@@ -292,6 +291,7 @@ def test_rolling_verdict_widens_its_band_for_faces_without_detail():
 def test_rolling_verdict_only_looks_at_the_window():
     class FakeDetector:
         threshold, uncertain_band = 0.5, (0.45, 0.55)
+        detail_bands = DetailBands((), (), (0.45, 0.55))  # a card without detail bands
 
     now = [0.0]
     session = live_module.LiveSession(1, live_module.LiveSettings(window_seconds=5), clock=lambda: now[0])
@@ -516,6 +516,7 @@ def test_rolling_window_counts_every_frame_of_a_fast_sender():
     """The window reads the newest frames first; a sender faster than that tail still gets them all."""
     class FakeDetector:
         threshold, uncertain_band = 0.5, (0.45, 0.55)
+        detail_bands = DetailBands((), (), (0.45, 0.55))  # a card without detail bands
 
     now = [0.0]
     session = live_module.LiveSession(1, live_module.LiveSettings(window_seconds=10), clock=lambda: now[0])

@@ -168,7 +168,7 @@ def inspect_media(
         threshold=detector.threshold,
         uncertain_band=detector.uncertain_band,
         kind=media.kind,
-        detail_bands=getattr(detector, "detail_bands", None),  # stand-in detectors in tests may lack it
+        detail_bands=detector.detail_bands,
     )
     return MediaReport(
         kind=media.kind,

@@ -180,7 +180,7 @@ def aggregate_frames(frames: list[LiveFrame], detector) -> MediaVerdict:
             k += 1
     return aggregate_faces(faces, frames_sampled=len(frames), threshold=detector.threshold,
                            uncertain_band=detector.uncertain_band, kind="video",
-                           detail_bands=getattr(detector, "detail_bands", None))
+                           detail_bands=detector.detail_bands)
 
 
 class LiveSession:

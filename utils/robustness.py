@@ -82,6 +82,15 @@ def shrink_and_restore(image: np.ndarray, small: int) -> np.ndarray:
     return cv2.resize(shrunk, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
+def h264_available() -> bool:
+    """Whether PyAV (requirements.txt; not in the GPU bundle) can be imported for h264_recompress."""
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def h264_recompress(images: np.ndarray, quantiser: int) -> np.ndarray:
     """Each RGB uint8 image [N, H, W, 3] encoded as an H.264 intra frame (x264, constant quantiser,
     4:2:0 chroma, BT.601 limited range) and decoded again: what a video upload does to a face, which

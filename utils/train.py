@@ -25,8 +25,8 @@ import numpy as np
 import convert
 from utils import dataset
 from utils.detail import MEASURE as DETAIL_MEASURE, DetailBands, face_detail, widened
-from utils.robustness import (Degradation, degrade, h264_recompress, jpeg_recompress, parse_degradation,
-                              shrink_and_restore)
+from utils.robustness import (Degradation, degrade, h264_available, h264_recompress, jpeg_recompress,
+                              parse_degradation, shrink_and_restore)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -644,11 +644,7 @@ def band_reliability(probs: np.ndarray, labels: np.ndarray, band) -> dict:
 def degraded_mixture(crops: np.ndarray, seed: int) -> tuple[np.ndarray, list[str]]:
     """Each crop after one degradation of DETAIL_DEGRADATIONS drawn at random (seeded); H.264 ones
     only where PyAV is installed. Returns the crops and the degradations used."""
-    try:
-        import av  # noqa: F401  (not in the GPU bundle)
-        kinds = list(DETAIL_DEGRADATIONS)
-    except ImportError:
-        kinds = [k for k in DETAIL_DEGRADATIONS if not k.startswith("h264")]
+    kinds = [k for k in DETAIL_DEGRADATIONS if h264_available() or not k.startswith("h264")]
     choice = np.random.default_rng(seed + 2000).integers(len(kinds), size=len(crops))
     out = np.empty_like(crops)
     for k, text in enumerate(kinds):
@@ -825,12 +821,9 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
     import keras
 
     started = time.time()
-    if codec_fraction > 0:
-        try:
-            import av  # noqa: F401  (utils.robustness.h264_recompress; PyAV from requirements.txt)
-        except ImportError:
-            raise ValueError("--codec-fraction needs PyAV (pip install av), which this Python lacks; "
-                             "train with --codec-fraction 0 here") from None
+    if codec_fraction > 0 and not h264_available():
+        raise ValueError("--codec-fraction needs PyAV (pip install av), which this Python lacks; "
+                         "train with --codec-fraction 0 here")
     keras.utils.set_random_seed(seed)
     previous = {}
     if init_from:
