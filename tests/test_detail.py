@@ -130,9 +130,9 @@ SHIPPED = __import__("pathlib").Path(__file__).resolve().parents[1] / "utils" / 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model")
 def test_the_pipeline_records_the_band_its_verdict_used(tmp_path):
-    """A photo whose face is blurred gets a wider band than the card's, and the report (stored on
-    the Analysis row as uncertain_low/high) holds that band; the same photo sharp keeps the band
-    its detail calls for."""
+    """The report (stored on the Analysis row as uncertain_low/high) holds the band its verdict used:
+    for a photo, sharp or blurred, the photo band's bin for its detail (never narrower than the photo
+    band); for a video of the blurred face, the card's band widened for faces that lost detail."""
     from PIL import Image
 
     from utils.analysis import inspect_media
@@ -145,12 +145,21 @@ def test_the_pipeline_records_the_band_its_verdict_used(tmp_path):
         path = tmp_path / f"{name}.png"
         Image.fromarray(image).save(path)
         reports[name] = inspect_media(path, detector=detector)
+    photo_bands, _ = detector.bands_for_media("image")  # a photo: the card's photo band, where it has one
     for report in reports.values():
         face = report.faces[0]
         assert face.detail == pytest.approx(float(face_detail(face.crop)[0]), abs=1e-6)
-        assert (report.uncertain_low, report.uncertain_high) == detector.detail_bands.band_for(face.detail)
+        assert (report.uncertain_low, report.uncertain_high) == photo_bands.band_for(face.detail)
         assert report.to_json()["faces"][0]["detail"] == round(face.detail, 3)
     blurred = reports["blurred"]
     assert blurred.faces[0].detail < reports["sharp"].faces[0].detail
-    assert blurred.uncertain_low < detector.uncertain_band[0] and blurred.uncertain_high > detector.uncertain_band[1]
-    assert "lost fine detail" in blurred.verdict.explanation
+    assert blurred.uncertain_low <= photo_bands.default[0] and blurred.uncertain_high >= photo_bands.default[1]
+    # A video keeps the card's band, widened by the detail bands when its faces lost detail.
+    from tests.test_convert import write_video
+
+    soft = inspect_media(write_video(tmp_path / "blurred.mp4", [cv2.GaussianBlur(photo, (0, 0), 3)] * 6),
+                         detector=detector, frames=4)
+    assert soft.faces and (soft.uncertain_low, soft.uncertain_high) == detector.detail_bands.band_for(
+        float(np.median([f.detail for f in soft.faces])))
+    assert soft.uncertain_low < detector.uncertain_band[0] and soft.uncertain_high > detector.uncertain_band[1]
+    assert "lost fine detail" in soft.verdict.explanation

@@ -82,6 +82,9 @@ class CheckerboardDetector:
     uncertain_band = (0.5, 0.5)  # what Detector takes from a card without a band
     detail_bands = DetailBands((), (), (0.5, 0.5))  # ... and without detail bands
 
+    def bands_for_media(self, kind: str):  # ... or a photo band
+        return self.detail_bands, ""
+
     def score(self, crops: np.ndarray) -> np.ndarray:
         grey = crops.astype(np.float32).mean(axis=3)
         sign = np.where(np.indices(grey.shape[1:]).sum(0) % 2 == 0, 1.0, -1.0)

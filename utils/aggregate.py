@@ -12,6 +12,8 @@ The rule, in words:
 5. score >= uncertain_high -> fake; score < uncertain_low -> real; in between -> uncertain.
    When the decisive person's faces have lost fine detail (blurred, upscaled, heavily compressed:
    utils.detail), the card's detail bands give that person a wider band, and the explanation says so.
+   Photos start from the card's photo band where it has one (fitted on the photo sources, on which
+   the band fitted mostly on video frames was right less often); the explanation says so too.
    No face at all -> "no_face" with no score: we never invent one.
 """
 from __future__ import annotations
@@ -49,6 +51,13 @@ def person_score(scores: list[float] | np.ndarray) -> float:
     return float(ordered[:keep].mean())
 
 
+def edge_text(value: float) -> str:
+    """A band edge as written in explanations: two decimals, three where the card has them (0.285),
+    so that "below 0.285 means likely real" is exactly the rule applied."""
+    text = f"{value:.3f}"
+    return text[:-1] if text.endswith("0") else text
+
+
 def verdict_for(score: float, threshold: float, uncertain_band: tuple[float, float]) -> str:
     low, high = uncertain_band
     low, high = min(low, threshold), max(high, threshold)
@@ -61,10 +70,11 @@ def verdict_for(score: float, threshold: float, uncertain_band: tuple[float, flo
 
 def aggregate_faces(faces: list[tuple], frames_sampled: int, threshold: float,
                     uncertain_band: tuple[float, float], kind: str,
-                    detail_bands: DetailBands | None = None) -> MediaVerdict:
+                    detail_bands: DetailBands | None = None, band_note: str = "") -> MediaVerdict:
     """faces: (frame_index, person, score) or (frame_index, person, score, detail) for every face
     found. See the module docstring; without detail_bands (or details) every person gets
-    uncertain_band."""
+    uncertain_band. band_note: why uncertain_band itself is what it is (a photo's wider band), added
+    to the explanation of every verdict with a score."""
     frames_with_faces = len({face[0] for face in faces})
     if not faces:
         where = (f"any of the {frames_sampled} sampled frames" if kind == "video" and frames_sampled
@@ -102,14 +112,16 @@ def aggregate_faces(faces: list[tuple], frames_sampled: int, threshold: float,
     if kind == "video" and len(considered) == 1:
         who = f"the person seen scored {decisive.score:.2f} over {decisive.faces} frames"
     rule = {
-        "fake": f"at or above {max(high, threshold):.2f} means likely fake",
-        "real": f"below {min(low, threshold):.2f} means likely real",
-        "uncertain": f"between {min(low, threshold):.2f} and {max(high, threshold):.2f} the model is not sure",
+        "fake": f"at or above {edge_text(max(high, threshold))} means likely fake",
+        "real": f"below {edge_text(min(low, threshold))} means likely real",
+        "uncertain": f"between {edge_text(min(low, threshold))} and {edge_text(max(high, threshold))} the model is not sure",
     }[verdict]
     explanation = f"{seen}; {who} ({rule})."
     if tuple(band) != tuple(uncertain_band):
         explanation += (f" The faces behind this score have lost fine detail (blurred, upscaled or heavily compressed; detail "
                         f"{decisive.detail:.2f}), which makes scores less reliable, so the band was widened from "
-                        f"{uncertain_band[0]:.2f}-{uncertain_band[1]:.2f} to {low:.2f}-{high:.2f}.")
+                        f"{edge_text(uncertain_band[0])}-{edge_text(uncertain_band[1])} to {edge_text(low)}-{edge_text(high)}.")
+    if band_note:
+        explanation += f" {band_note}"
     return MediaVerdict(verdict, decisive.score, frames_with_faces, explanation,
                         persons, decisive.person, band=tuple(band))

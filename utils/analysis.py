@@ -162,13 +162,15 @@ def inspect_media(
         )
     del crops  # the stacked copy (each face keeps its own crop)
     trim_malloc()  # hand the decoding and scoring temporaries back to the OS
+    bands, band_note = detector.bands_for_media(media.kind)  # photos: the card's photo band, where it has one
     verdict = aggregate_faces(
         [(f.frame_index, f.person, f.score, f.detail) for f in scored_faces],
         frames_sampled=len(media.frames),
         threshold=detector.threshold,
-        uncertain_band=detector.uncertain_band,
+        uncertain_band=bands.default,
         kind=media.kind,
-        detail_bands=detector.detail_bands,
+        detail_bands=bands,
+        band_note=band_note,
     )
     return MediaReport(
         kind=media.kind,

@@ -72,6 +72,11 @@ class DetailBands:
                 return band
         return self.default
 
+    def with_base(self, base: tuple[float, float]) -> "DetailBands":
+        """The same bins around a wider base band (photos: the card's photo_band): every bin's band
+        widened to at least `base`, so a face never gets a narrower band than the base."""
+        return DetailBands(self.edges, tuple(widened(list(self.bands), tuple(base))), tuple(base))
+
     def bands_for(self, details: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-face (low, high) arrays for `details`."""
         pairs = [self.band_for(float(d)) for d in np.asarray(details).ravel()]

@@ -126,14 +126,22 @@ def register(app: Flask) -> None:
     @click.option("--mirror-average/--no-mirror-average", default=None,
                   help="Fit and score on the mean of each face's and its mirror image's logits "
                        "(default: what the card says; off when it says nothing).")
+    @click.option("--photo-source", "photo_sources", multiple=True, metavar="NAME",
+                  help="A source (--data folder name) whose faces are photos: images get a band fitted on "
+                       "those (repeat for several; default: the card's).")
+    @click.option("--no-photo-band", is_flag=True, help="Drop the card's photo band: images get the uncertain band.")
     @with_appcontext
-    def calibrate_command(model_path, data_dirs, mirror_average):
+    def calibrate_command(model_path, data_dirs, mirror_average, photo_sources, no_photo_band):
         """Fit the fusion, uncertain band and validation metrics of a trained model; rewrite its card."""
         from utils.train import calibrate_model
 
+        if photo_sources and no_photo_band:
+            raise click.UsageError("--photo-source and --no-photo-band contradict each other.")
         try:
             card = calibrate_model(model_path, list(data_dirs), cache_dir=_cache_dir(),
-                                   mirror_average=mirror_average, log=lambda m: click.echo(m, err=True))
+                                   mirror_average=mirror_average,
+                                   photo_sources=() if no_photo_band else (list(photo_sources) or None),
+                                   log=lambda m: click.echo(m, err=True))
         except ValueError as exc:
             raise click.ClickException(str(exc))
         aucs = ", ".join(f"{source} {m.get('shipped_roc_auc')}" for source, m in card["validation_metrics"].items())
@@ -151,8 +159,11 @@ def register(app: Flask) -> None:
                        "noise:SD or h264:QUANTISER (an H.264 intra frame); repeat to chain them in order (robustness check, image folders only).")
     @click.option("--record", is_flag=True,
                   help="Add the result to the model card's robustness table (with --split validation, image folders).")
+    @click.option("--media", type=click.Choice(["auto", "image", "video"]), default="auto", show_default=True,
+                  help="Judge face-image folders with the band of photos (image: the card's photo band) or of "
+                       "video frames; auto: image for a folder named like one of the card's photo sources.")
     @with_appcontext
-    def evaluate_command(data_dir, model_path, out_dir, split, degrade_specs, record):
+    def evaluate_command(data_dir, model_path, out_dir, split, degrade_specs, record, media):
         """Print accuracy, precision, recall, F1, ROC-AUC and the confusion matrix for DIR."""
         from utils.dataset import discover_videos
         from utils.model import ModelUnavailable, card_path_for
@@ -172,7 +183,7 @@ def register(app: Flask) -> None:
         out_dir = out_dir or Path(current_app.instance_path) / "evaluation" / name
         try:
             result = evaluate(data_dir, model_path, out_dir, cache_dir=_cache_dir(), split=split,
-                              degradations=degradations)
+                              degradations=degradations, media=media)
         except (ModelUnavailable, ValueError) as exc:
             raise click.ClickException(str(exc))
         c = result["confusion"]
@@ -191,7 +202,8 @@ def register(app: Flask) -> None:
         if result.get("band_uncertain") is not None:
             low, high = result["uncertain_band"]
             right, reals = result.get("band_right_outside_band"), result.get("band_reals_called_fake")
-            click.echo(f"uncertain band [{low:.3f}, {high:.3f}]: {result['band_uncertain']:.1%} of the {unit} "
+            judged = " (photo band)" if result.get("photo_band_used") else ""
+            click.echo(f"uncertain band [{low:.3f}, {high:.3f}]{judged}: {result['band_uncertain']:.1%} of the {unit} "
                        f"inside it; outside it right {'n/a' if right is None else f'{right:.1%}'}; "
                        f"reals called fake {'n/a' if reals is None else f'{reals:.1%}'}")
         for key in sorted(k for k in result if k.startswith("face_auc_")):

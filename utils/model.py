@@ -122,6 +122,33 @@ class Fusion:
         return _sigmoid(z).astype(np.float32)
 
 
+def photo_band_from_card(entry: dict | None, default: tuple[float, float]) -> tuple[float, float] | None:
+    """The card's `photo_band` as (low, high); None when the card has none (every file gets the card's
+    band). A photo band narrower than the card's band on either side is refused: it only widens."""
+    if not entry:
+        return None
+    low, high = (float(edge) for edge in entry["band"])
+    if not 0.0 <= low <= default[0] or not default[1] <= high <= 1.0:
+        raise ValueError(f"photo_band {[low, high]} must contain the uncertain band {list(default)}")
+    return low, high
+
+
+def photo_band_note(card: dict, photo_band: tuple[float, float], video_band: tuple[float, float]) -> str:
+    """Why a photo was judged with a wider band, for the verdict's explanation."""
+    from utils.aggregate import edge_text
+
+    note = (f"Photos are judged with a wider band than video frames ({edge_text(photo_band[0])}-"
+            f"{edge_text(photo_band[1])} instead of {edge_text(video_band[0])}-{edge_text(video_band[1])})")
+    rates = [entry.get("card_band", {}).get("right_outside_band")
+             for source, entry in (card.get("photo_band", {}).get("effect") or {}).items()
+             if not source.startswith("sbi:")]
+    rates = [r for r in rates if r is not None]
+    if rates:
+        note += (f": on the validation photos, verdicts outside the narrower band were right only "
+                 f"{min(rates):.0%} of the time")
+    return note + "."
+
+
 class Detector:
     """A loaded model + card. score() is thread-safe and runs one compiled graph per batch size."""
 
@@ -157,6 +184,11 @@ class Detector:
             self.detail_bands = DetailBands.from_card(self.card.get("detail_bands"), self.uncertain_band)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelUnavailable(f"The model card {card_file} has unreadable detail_bands: {exc}") from exc
+        try:  # photos: a band fitted on the photo sources (train/calibrate --photo-source); older cards: none
+            self.photo_band = photo_band_from_card(self.card.get("photo_band"), self.uncertain_band)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelUnavailable(f"The model card {card_file} has an unreadable photo_band: {exc}") from exc
+        self.photo_bands = None if self.photo_band is None else self.detail_bands.with_base(self.photo_band)
         self.fusion = Fusion.from_card(self.card.get("fusion") or {}, self.model.output_shape[-1])
         # The fusion was fitted on mirror-averaged logits only when the card says so (older cards: no).
         self.mirror_average = bool(self.card.get("mirror_average", False))
@@ -168,6 +200,13 @@ class Detector:
         self._logits_fn = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False),
                                       input_signature=[spec], jit_compile=False, reduce_retracing=True)
         self._cam_model = None
+
+    def bands_for_media(self, kind: str) -> tuple[DetailBands, str]:
+        """The detail-aware bands for a file of this kind ('image' or 'video') and, for a photo judged
+        with the card's photo band, the sentence that says why its band is wider."""
+        if kind == "image" and self.photo_bands is not None:
+            return self.photo_bands, photo_band_note(self.card, self.photo_band, self.uncertain_band)
+        return self.detail_bands, ""
 
     def _check(self, crops: np.ndarray) -> np.ndarray:
         crops = np.asarray(crops)

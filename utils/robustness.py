@@ -154,7 +154,7 @@ def degrade(crops: np.ndarray, steps: list[Degradation], seed: int = 0) -> np.nd
 ROBUSTNESS_NOTE = ("ROC-AUC and accuracy at the card's threshold on the validation split, each face crop degraded "
                    "as named first ('none' = as stored), and with the card's uncertain band: the share of faces "
                    "answered 'uncertain', how often the 'fake'/'real' verdicts outside it were right, and the "
-                   "share of real faces called 'fake'; written by `flask evaluate --split validation "
+                   "share of real faces called 'fake' (photo_band: true = with the card's photo band); written by `flask evaluate --split validation "
                    "--degrade KIND:N --record`")
 BAND_FIELDS = ("uncertain", "right_outside_band", "reals_called_fake")
 
@@ -167,6 +167,8 @@ def record_in_card(card_path: str | Path, source: str, result: dict) -> dict:
     entry = {"n": int(result["n"]), "roc_auc": None if result["roc_auc"] is None else round(float(result["roc_auc"]), 4),
              "accuracy": round(float(result["accuracy"]), 4)}
     entry.update({k: result[f"band_{k}"] for k in BAND_FIELDS if result.get(f"band_{k}") is not None})
+    if result.get("photo_band_used"):
+        entry["photo_band"] = True  # judged with the card's photo band
     card.setdefault("robustness", {}).setdefault(source, {})[result.get("degradation", "none")] = entry
     card["robustness_note"] = ROBUSTNESS_NOTE
     partial = card_path.with_name(card_path.name + ".partial")

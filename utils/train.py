@@ -698,11 +698,44 @@ def _detail_fit(probs, degraded_probs, labels, sources, details, degraded_detail
     return entry, bands.bands_for(details)
 
 
+def fit_photo_band(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray, details: np.ndarray, band,
+                   threshold: float, photo_sources, detail_bands: DetailBands) -> dict | None:
+    """The band for photos: the narrowest band around the threshold outside which the verdicts on each
+    photo source (its dataset faces, and apart the self-blended fakes made from its reals) were right
+    >= BAND_TARGET, never narrower than `band`. The card's band is fitted on all sources together,
+    mostly video frames; on the photos it was right less often (README "Photo band"). Returns the card's
+    `photo_band` entry (with the effect on each photo source: card band vs photo band, detail-aware),
+    or None without photo sources."""
+    if not photo_sources:
+        return None
+    fits = {}
+    for source in sorted(photo_sources):
+        for name in (source, f"sbi:{source}"):
+            sel = sources == name
+            if sel.any():
+                fits[name] = _uncertain_band(probs[sel], labels[sel], threshold)
+    low = min([band[0]] + [fit[0] for fit in fits.values()])
+    high = max([band[1]] + [fit[1] for fit in fits.values()])
+    photo_bands = detail_bands.with_base((low, high))
+    effect = {}
+    for name in fits:
+        sel = sources == name
+        effect[name] = {"card_band": band_reliability(probs[sel], labels[sel], detail_bands.bands_for(details[sel])),
+                        "photo_band": band_reliability(probs[sel], labels[sel], photo_bands.bands_for(details[sel]))}
+    return {"sources": sorted(photo_sources), "band": [round(low, 3), round(high, 3)],
+            "fits": {name: list(fit) for name, fit in fits.items()}, "effect": effect,
+            "rule": f"images (not video frames) are judged with this band: outside it, the validation verdicts on "
+                    f"each photo source (and on the self-blended fakes made from its reals) were right >= "
+                    f"{BAND_TARGET:.0%}; never narrower than the uncertain band. Faces that lost fine detail widen "
+                    "it further (detail_bands, each bin at least this wide)"}
+
+
 def calibrate(model, data: PackedData, val_index: np.ndarray, seed: int, threshold: float = 0.5,
-              mirror_average: bool = False):
+              mirror_average: bool = False, photo_sources=()):
     """Fit the fusion on validation logits (mirror-averaged when the card will score that way), the
-    uncertain band, and the detail-aware bands (on the faces as stored and once degraded); return
-    (card fusion dict, uncertain band, per-source metrics, card detail_bands entry)."""
+    uncertain band, the detail-aware bands (on the faces as stored and once degraded) and, for
+    photo_sources, the photo band; return (card fusion dict, uncertain band, per-source metrics, card
+    detail_bands entry, card photo_band entry or None)."""
     from utils.model import Fusion
 
     val_crops, val_labels, val_sources = validation_set(data, val_index, seed)
@@ -727,9 +760,17 @@ def calibrate(model, data: PackedData, val_index: np.ndarray, seed: int, thresho
     band = _uncertain_band(probs, val_labels, threshold)
     degraded, used = degraded_mixture(val_crops, seed)
     degraded_probs = shipped.probability(_batched_logits(model, degraded, mirror_average=mirror_average))
-    detail_entry, face_band = _detail_fit(probs, degraded_probs, val_labels, val_sources, face_detail(val_crops),
+    details = face_detail(val_crops)
+    detail_entry, face_band = _detail_fit(probs, degraded_probs, val_labels, val_sources, details,
                                           face_detail(degraded), band, threshold)
     detail_entry["degradations"] = used
+    photo_entry = fit_photo_band(probs, val_labels, val_sources, details, band, threshold, photo_sources,
+                                 DetailBands.from_card(detail_entry, band))
+    if photo_entry:  # photo sources are reported with the band their files get
+        photo_rows = np.isin(val_sources, [*photo_entry["sources"], *(f"sbi:{s}" for s in photo_entry["sources"])])
+        photo_low, photo_high = DetailBands.from_card(detail_entry, band).with_base(
+            tuple(photo_entry["band"])).bands_for(details[photo_rows])
+        face_band[0][photo_rows], face_band[1][photo_rows] = photo_low, photo_high
 
     metrics = {}
     for source in list(np.unique(val_sources)) + ["all"]:
@@ -749,7 +790,7 @@ def calibrate(model, data: PackedData, val_index: np.ndarray, seed: int, thresho
     fusion = {"mode": "max", "heads": list(HEADS), "scales": scales, "biases": biases,
               "alternative_logistic": {"weights": [round(float(w), 6) for w in lr_weights],
                                        "bias": round(lr_bias, 6)}}
-    return fusion, band, metrics, detail_entry
+    return fusion, band, metrics, detail_entry, photo_entry
 
 
 def load_initial_model(path: str | Path, input_size: int, exact_size: bool = False):
@@ -810,14 +851,15 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
           validation_fraction: float = 0.15, sbi_fraction: float = 0.25, init_from: str | Path | None = None,
           loader_workers: int = 1, source_balance: str = "equal", mirror_average: bool = False,
           soften_fraction: float = 0.0, sbi_mismatch: float = 0.0, sbi_sources: str = "like-reals",
-          codec_fraction: float = 0.0, log=print) -> dict:
+          codec_fraction: float = 0.0, photo_sources=(), log=print) -> dict:
     """Train, calibrate on the validation split, write the .keras model and model_card.json.
     mirror_average: score each face as the mean of its and its mirror image's logits (off by default:
     better on the validation split, worse on the unseen FF++ faces; README "Run 7 and mirror averaging").
     init_from: continue from that .keras model (same network and input size); keep the first run's
     seed and validation fraction so the validation split, and so the card's numbers, stay held out.
     Trained on face packs alone (no validation faces: the GPU route), the card is written with
-    "calibrated": false and the model is refused for serving until `flask calibrate` completes it."""
+    "calibrated": false and the model is refused for serving until `flask calibrate` completes it.
+    photo_sources: the sources (folder names) whose faces are photos; images get a band fitted on them."""
     import keras
 
     started = time.time()
@@ -846,6 +888,8 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
     deferred = len(val_index) == 0 and len(packs) == len(data_dirs)
     if len(train_index) == 0 or (len(val_index) == 0 and not deferred):
         raise ValueError("Need images on both sides of the train/validation split.")
+    if not deferred:
+        check_photo_sources(data, val_index, photo_sources)
     overlap = set(data.groups[train_index]) & set(data.groups[val_index])
     log(f"train {len(train_index)} / validation {len(val_index)} faces; groups shared across split: {len(overlap)}"
         + ("; calibration deferred to `flask calibrate`" if deferred else ""))
@@ -919,16 +963,27 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
                                "`flask --app app calibrate --model THIS_FILE --data DIR...` with the folders packed")
     else:
         card.update(_calibrated_fields(model, data, val_index, seed, validation_fraction, overlap, card["training"],
-                                       mirror_average))
+                                       mirror_average, photo_sources))
     out_path.with_name("model_card.json").write_text(json.dumps(card, indent=2))
     log(json.dumps(card.get("validation_metrics", {}), indent=1))
     return card
 
 
+def check_photo_sources(data: PackedData, val_index: np.ndarray, photo_sources) -> None:
+    """Refuse a --photo-source that names no source with validation faces (before any training)."""
+    unknown = set(photo_sources) - {str(s) for s in data.sources[val_index]}
+    if unknown:
+        raise ValueError(f"--photo-source {', '.join(sorted(unknown))}: no validation faces from it; the sources "
+                         f"are {', '.join(sorted({str(s) for s in data.sources}))} (the --data folder names)")
+
+
 def _calibrated_fields(model, data: PackedData, val_index: np.ndarray, seed: int, validation_fraction: float,
-                       overlap: set, training: dict, mirror_average: bool) -> dict:
+                       overlap: set, training: dict, mirror_average: bool, photo_sources=()) -> dict:
     """The card's fusion, band, split and validation metrics, fitted on the validation faces."""
-    fusion, band, metrics, detail_entry = calibrate(model, data, val_index, seed, mirror_average=mirror_average)
+    check_photo_sources(data, val_index, photo_sources)
+    fusion, band, metrics, detail_entry, photo_entry = calibrate(model, data, val_index, seed,
+                                                                 mirror_average=mirror_average,
+                                                                 photo_sources=photo_sources)
     sources_used = sorted({str(s) for s in data.sources})
     fields = {
         "calibrated": True,
@@ -943,8 +998,10 @@ def _calibrated_fields(model, data: PackedData, val_index: np.ndarray, seed: int
         "uncertain_band": list(band),
         "uncertain_band_rule": "outside the band, validation verdicts (all sources together) were right >= 90 % "
                                "of the time; per source, see the validation metrics. Faces that lost fine "
-                               "detail get a wider band (detail_bands)",
+                               "detail get a wider band (detail_bands); images (not video frames) get the photo band "
+                               "where the card has one (photo_band)",
         "detail_bands": detail_entry,
+        "photo_band": photo_entry,
         "counts": {s: {"train": int(training.get("train_faces", {}).get(
                            s, ((data.sources == s) & (data.splits == "train")).sum())),
                        "validation": int(((data.sources == s) & (data.splits == "validation")).sum())}
@@ -978,15 +1035,18 @@ def _scoring_fingerprint(card: dict) -> str:
     """What, besides the weights, decides a card's scores and verdicts."""
     return json.dumps([card.get("fusion"), bool(card.get("mirror_average", False)), card.get("threshold"),
                        card.get("uncertain_band"), card.get("detail_bands", {}).get("edges"),
-                       card.get("detail_bands", {}).get("bands")], sort_keys=True)
+                       card.get("detail_bands", {}).get("bands")]
+                      + ([(card.get("photo_band") or {}).get("band")] if card.get("photo_band") else []),
+                      sort_keys=True)
 
 
 def calibrate_model(model_path: str | Path, data_dirs: list[str], *, cache_dir: str | Path = "data/cache",
-                    mirror_average: bool | None = None, log=print) -> dict:
+                    mirror_average: bool | None = None, photo_sources=None, log=print) -> dict:
     """Fit (or refit) a trained model's fusion, uncertain band and validation metrics on the
     validation faces of DIRs (same seed and split as its training) and rewrite its card. The step
     that completes a model trained on a GPU from face packs; the model file is not changed.
-    mirror_average: None keeps what the card says (absent: off)."""
+    mirror_average: None keeps what the card says (absent: off); photo_sources: None keeps the card's
+    (absent: none), () drops the photo band."""
     model_path = Path(model_path)
     card_path = model_path.with_name("model_card.json")
     if not card_path.is_file():
@@ -1008,7 +1068,10 @@ def calibrate_model(model_path: str | Path, data_dirs: list[str], *, cache_dir: 
     was_calibrated, scoring_before = card.get("calibrated") is not False, _scoring_fingerprint(card)
     if mirror_average is None:
         mirror_average = bool(card.get("mirror_average", False))
-    card.update(_calibrated_fields(model, data, val_index, seed, fraction, overlap, training, mirror_average))
+    if photo_sources is None:
+        photo_sources = (card.get("photo_band") or {}).get("sources", [])
+    card.update(_calibrated_fields(model, data, val_index, seed, fraction, overlap, training, mirror_average,
+                                   list(photo_sources)))
     scoring_after = _scoring_fingerprint(card)
     if was_calibrated and scoring_before != scoring_after:  # same weights, other scores: a new version
         card["version"] = _model_version(model_path.read_bytes(), scoring_after.encode())
@@ -1020,11 +1083,14 @@ def calibrate_model(model_path: str | Path, data_dirs: list[str], *, cache_dir: 
 # --------------------------------------------------------------------------- evaluation
 
 def evaluate(data_dir: str, model_path: str | Path, out_dir: str | Path, *, cache_dir: str | Path = "data/cache",
-             split: str = "all", degradations: list[Degradation] | None = None, log=print) -> dict:
+             split: str = "all", degradations: list[Degradation] | None = None, media: str = "auto",
+             log=print) -> dict:
     """Score the images of DIR (cropped as in training) and write ROC + confusion-matrix PNGs.
     split="validation" keeps only what the model's training run held out (same seed and groups).
     degradations (utils/robustness.py) are applied to every face crop, in order, before scoring.
-    A DIR whose real/ and fake/ hold videos is scored per video through the production pipeline."""
+    A DIR whose real/ and fake/ hold videos is scored per video through the production pipeline.
+    media: which band judges face-image folders, 'image' (the card's photo band) or 'video'; 'auto':
+    image for a folder named like one of the card's photo sources, else video."""
     from utils.model import get_detector
 
     degradations = list(degradations or [])
@@ -1052,7 +1118,11 @@ def evaluate(data_dir: str, model_path: str | Path, out_dir: str | Path, *, cach
         crops = degrade(crops, degradations)
     scores = detector.score(crops) if len(keep) else np.zeros(0)
     result = classification_metrics(labels, scores, detector.threshold)
-    result.update(_band_fields(detector, scores, labels, detector.detail_bands.bands_for(face_detail(crops))))
+    if media == "auto":
+        media = "image" if Path(data_dir).name in (detector.card.get("photo_band") or {}).get("sources", []) else "video"
+    bands, _ = detector.bands_for_media(media)
+    result.update(_band_fields(bands.default, scores, labels, bands.bands_for(face_detail(crops))))
+    result["photo_band_used"] = media == "image" and detector.photo_band is not None
     result["degradation"] = " then ".join(map(str, degradations)) or "none"
     result["threshold"] = detector.threshold
     result["model_version"] = detector.version
@@ -1061,12 +1131,12 @@ def evaluate(data_dir: str, model_path: str | Path, out_dir: str | Path, *, cach
     return _write_plots(result, labels, scores, Path(out_dir), data_dir, detector.threshold)
 
 
-def _band_fields(detector, scores: np.ndarray, labels: np.ndarray, bands) -> dict:
-    """The detector's uncertain band and what the bands used (per face or per video: detail-aware)
-    do to these scores (band_reliability), as evaluate's result keys: printed by `flask evaluate`,
-    kept by --record."""
+def _band_fields(base_band, scores: np.ndarray, labels: np.ndarray, bands) -> dict:
+    """The base band (the card's uncertain band, or its photo band for photos) and what the bands used
+    (per face or per video: detail-aware) do to these scores (band_reliability), as evaluate's result
+    keys: printed by `flask evaluate`, kept by --record."""
     reliability = band_reliability(scores, labels, bands)
-    return {"uncertain_band": list(detector.uncertain_band), **{f"band_{k}": v for k, v in reliability.items()}}
+    return {"uncertain_band": list(base_band), **{f"band_{k}": v for k, v in reliability.items()}}
 
 
 def _evaluate_videos(videos: list[tuple[str, int]], detector, out_dir: Path, data_dir: str, log) -> dict:
@@ -1097,7 +1167,7 @@ def _evaluate_videos(videos: list[tuple[str, int]], detector, out_dir: Path, dat
     result.update(threshold=detector.threshold, model_version=detector.version, split="all",
                   unreadable_files=0, videos=per_video)
     bands = np.asarray(bands, np.float64).reshape(-1, 2)
-    result.update(_band_fields(detector, scores, labels, (bands[:, 0], bands[:, 1])))
+    result.update(_band_fields(detector.uncertain_band, scores, labels, (bands[:, 0], bands[:, 1])))
     if face_logits:
         logits = np.concatenate(face_logits)
         for h, head in enumerate(detector.head_names):

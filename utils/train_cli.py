@@ -45,6 +45,10 @@ _OPTIONS = [
     click.option("--mirror-average/--no-mirror-average", default=False, show_default=True,
                  help="Score each face as the mean of its and its mirror image's logits (fitted that way "
                       "by calibration). Off: better on the validation split, worse on unseen FF++ faces."),
+    click.option("--photo-source", "photo_sources", multiple=True, metavar="NAME",
+                 help="A source (--data folder name) whose faces are photos, not video frames: images are then "
+                      "judged with a band fitted on those sources (repeat for several). The shipped model: "
+                      "stylegan1_ffhq."),
     click.option("--loader-workers", type=int, default=1,
                  help="Threads preparing batches (raise it where a GPU waits for one CPU core)."),
 ]

@@ -85,7 +85,8 @@ def model_card():
                            columns=service.metric_columns(metrics), images=images,
                            evaluation_sets=service.evaluation_sets(),
                            limits=service.model_limits(card), auc=service.overall_auc(card),
-                           robustness=service.robustness_rows(card), detail_bands=service.detail_band_rows(card))
+                           robustness=service.robustness_rows(card), detail_bands=service.detail_band_rows(card),
+                           photo_band=service.photo_band(card))
 
 
 @bp.route("/model/<any(roc, confusion):kind>.png")

@@ -119,6 +119,7 @@ class RobustnessRow:
     uncertain: float | None = None  # with the card's band (entries recorded before 2026-12-06 lack these)
     right_outside_band: float | None = None
     reals_called_fake: float | None = None
+    photo_band: bool = False  # these faces were judged with the card's photo band
 
     @property
     def label(self) -> str:
@@ -153,7 +154,8 @@ def robustness_rows(card: dict) -> list[RobustnessRow]:
             change = None if auc is None or baseline is None or degradation == "none" else auc - baseline
             rows.append(RobustnessRow(str(source), str(degradation), number(entry, "n"), auc,
                                       number(entry, "accuracy"), change, number(entry, "uncertain"),
-                                      number(entry, "right_outside_band"), number(entry, "reals_called_fake")))
+                                      number(entry, "right_outside_band"), number(entry, "reals_called_fake"),
+                                      entry.get("photo_band") is True))
     return rows
 
 
@@ -172,6 +174,22 @@ def detail_band_rows(card: dict) -> list[tuple[str, float, float]]:
         rows.append((which, low, high))
         below = edge
     return rows
+
+
+def photo_band(card: dict) -> dict | None:
+    """The card's band for photos for /model: {low, high, sources, rule}; None for a card without one
+    or with one that cannot be read (the Detector refuses such a card)."""
+    from utils.model import photo_band_from_card
+
+    try:
+        band = photo_band_from_card(card.get("photo_band"), tuple(card.get("uncertain_band") or (0.5, 0.5)))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if band is None:
+        return None
+    entry = card["photo_band"]
+    return {"low": band[0], "high": band[1], "sources": [str(s) for s in entry.get("sources") or []],
+            "rule": str(entry.get("rule") or "")}
 
 
 def model_limits(card: dict) -> list[str]:
