@@ -140,7 +140,7 @@ def photo_band_note(card: dict, photo_band: tuple[float, float], video_band: tup
     note = (f"Photos are judged with a wider band than video frames ({edge_text(photo_band[0])}-"
             f"{edge_text(photo_band[1])} instead of {edge_text(video_band[0])}-{edge_text(video_band[1])})")
     rates = [entry.get("card_band", {}).get("right_outside_band")
-             for source, entry in (card.get("photo_band", {}).get("effect") or {}).items()
+             for source, entry in ((card.get("photo_band") or {}).get("effect") or {}).items()
              if not source.startswith("sbi:")]
     rates = [r for r in rates if r is not None]
     if rates:

@@ -764,12 +764,12 @@ def calibrate(model, data: PackedData, val_index: np.ndarray, seed: int, thresho
     detail_entry, face_band = _detail_fit(probs, degraded_probs, val_labels, val_sources, details,
                                           face_detail(degraded), band, threshold)
     detail_entry["degradations"] = used
+    detail_bands = DetailBands.from_card(detail_entry, band)
     photo_entry = fit_photo_band(probs, val_labels, val_sources, details, band, threshold, photo_sources,
-                                 DetailBands.from_card(detail_entry, band))
+                                 detail_bands)
     if photo_entry:  # photo sources are reported with the band their files get
         photo_rows = np.isin(val_sources, [*photo_entry["sources"], *(f"sbi:{s}" for s in photo_entry["sources"])])
-        photo_low, photo_high = DetailBands.from_card(detail_entry, band).with_base(
-            tuple(photo_entry["band"])).bands_for(details[photo_rows])
+        photo_low, photo_high = detail_bands.with_base(tuple(photo_entry["band"])).bands_for(details[photo_rows])
         face_band[0][photo_rows], face_band[1][photo_rows] = photo_low, photo_high
 
     metrics = {}
