@@ -13,7 +13,7 @@ from tests.test_model import make_tiny_model
 
 SHARED_VIDEOS = Path("/work/shared/datasets/videos")
 SHIPPED = Path(__file__).resolve().parents[1] / "utils" / "weights" / "detector.keras"
-KEYS = {"path", "kind", "verdict", "score", "threshold", "model_version", "faces", "frames", "error"}
+KEYS = {"path", "kind", "verdict", "score", "threshold", "model_version", "faces", "frames", "uncertain_band", "error"}
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +52,10 @@ def test_scan_json_lines_for_a_folder(app, tiny_model, media):
     assert photo["kind"] == "image" and photo["faces"] == 1 and photo["frames"] == 1
     assert photo["verdict"] in {"real", "fake", "uncertain"} and 0 <= photo["score"] <= 1
     assert photo["model_version"] == "test-1" and photo["threshold"] == 0.5 and photo["error"] is None
+    assert photo["uncertain_band"] == [0.4, 0.6]  # the band its verdict used (the tiny card's)
 
     sky = lines["sky.png"]
-    assert sky["verdict"] == "no_face" and sky["score"] is None and sky["faces"] == 0
+    assert sky["verdict"] == "no_face" and sky["score"] is None and sky["faces"] == 0 and sky["uncertain_band"] is None
 
     bad = lines["notes.mp4"]
     assert bad["error"] and bad["verdict"] is None and bad["kind"] is None

@@ -41,7 +41,7 @@ def scan_one(path: Path, detector, limits, frames: int, whole_image: bool) -> di
 
     line = {"path": str(path), "kind": None, "verdict": None, "score": None,
             "threshold": detector.threshold, "model_version": detector.version,
-            "faces": 0, "frames": 0, "error": None}
+            "faces": 0, "frames": 0, "uncertain_band": None, "error": None}
     try:
         if not path.is_file():
             raise convert.MediaError("No such file.")
@@ -52,6 +52,8 @@ def scan_one(path: Path, detector, limits, frames: int, whole_image: bool) -> di
     line.update(kind=report.kind, verdict=report.verdict.verdict,
                 score=None if report.verdict.score is None else round(float(report.verdict.score), 4),
                 faces=len(report.faces), frames=len(report.frames))
+    if report.verdict.score is not None:  # the band that decided it (photos, soft faces: wider)
+        line["uncertain_band"] = [round(float(report.uncertain_low), 4), round(float(report.uncertain_high), 4)]
     return line
 
 
