@@ -189,6 +189,8 @@ class Detector:
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelUnavailable(f"The model card {card_file} has an unreadable photo_band: {exc}") from exc
         self.photo_bands = None if self.photo_band is None else self.detail_bands.with_base(self.photo_band)
+        self._photo_note = "" if self.photo_band is None else photo_band_note(self.card, self.photo_band,
+                                                                              self.uncertain_band)
         self.fusion = Fusion.from_card(self.card.get("fusion") or {}, self.model.output_shape[-1])
         # The fusion was fitted on mirror-averaged logits only when the card says so (older cards: no).
         self.mirror_average = bool(self.card.get("mirror_average", False))
@@ -205,7 +207,7 @@ class Detector:
         """The detail-aware bands for a file of this kind ('image' or 'video') and, for a photo judged
         with the card's photo band, the sentence that says why its band is wider."""
         if kind == "image" and self.photo_bands is not None:
-            return self.photo_bands, photo_band_note(self.card, self.photo_band, self.uncertain_band)
+            return self.photo_bands, self._photo_note
         return self.detail_bands, ""
 
     def _check(self, crops: np.ndarray) -> np.ndarray:

@@ -683,7 +683,7 @@ def fit_detail_bands(probs: np.ndarray, labels: np.ndarray, details: np.ndarray,
 def _detail_fit(probs, degraded_probs, labels, sources, details, degraded_details, band, threshold):
     """Fit the detail-aware bands on the validation faces as stored and degraded; return the card
     entry (with their effect on the degraded faces per source: the band alone vs detail-aware, on the
-    faces they were fitted on) and the per-face (low, high) bands of the faces as stored."""
+    faces they were fitted on) and the bands it holds."""
     entry = fit_detail_bands(np.concatenate([probs, degraded_probs]), np.concatenate([labels, labels]),
                              np.concatenate([details, degraded_details]), band, threshold)
     bands = DetailBands.from_card(entry, band)
@@ -695,7 +695,7 @@ def _detail_fit(probs, degraded_probs, labels, sources, details, degraded_detail
             "degraded_band_only": band_reliability(degraded_probs[sel], labels[sel], band),
             "degraded_detail_aware": band_reliability(degraded_probs[sel], labels[sel],
                                                       (degraded_low[sel], degraded_high[sel]))}
-    return entry, bands.bands_for(details)
+    return entry, bands
 
 
 def fit_photo_band(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray, details: np.ndarray, band,
@@ -761,12 +761,12 @@ def calibrate(model, data: PackedData, val_index: np.ndarray, seed: int, thresho
     degraded, used = degraded_mixture(val_crops, seed)
     degraded_probs = shipped.probability(_batched_logits(model, degraded, mirror_average=mirror_average))
     details = face_detail(val_crops)
-    detail_entry, face_band = _detail_fit(probs, degraded_probs, val_labels, val_sources, details,
-                                          face_detail(degraded), band, threshold)
+    detail_entry, detail_bands = _detail_fit(probs, degraded_probs, val_labels, val_sources, details,
+                                             face_detail(degraded), band, threshold)
     detail_entry["degradations"] = used
-    detail_bands = DetailBands.from_card(detail_entry, band)
     photo_entry = fit_photo_band(probs, val_labels, val_sources, details, band, threshold, photo_sources,
                                  detail_bands)
+    face_band = detail_bands.bands_for(details)
     if photo_entry:  # photo sources are reported with the band their files get
         photo_rows = np.isin(val_sources, [*photo_entry["sources"], *(f"sbi:{s}" for s in photo_entry["sources"])])
         photo_low, photo_high = detail_bands.with_base(tuple(photo_entry["band"])).bands_for(details[photo_rows])
@@ -980,7 +980,6 @@ def check_photo_sources(data: PackedData, val_index: np.ndarray, photo_sources) 
 def _calibrated_fields(model, data: PackedData, val_index: np.ndarray, seed: int, validation_fraction: float,
                        overlap: set, training: dict, mirror_average: bool, photo_sources=()) -> dict:
     """The card's fusion, band, split and validation metrics, fitted on the validation faces."""
-    check_photo_sources(data, val_index, photo_sources)
     fusion, band, metrics, detail_entry, photo_entry = calibrate(model, data, val_index, seed,
                                                                  mirror_average=mirror_average,
                                                                  photo_sources=photo_sources)
@@ -1070,6 +1069,7 @@ def calibrate_model(model_path: str | Path, data_dirs: list[str], *, cache_dir: 
         mirror_average = bool(card.get("mirror_average", False))
     if photo_sources is None:
         photo_sources = (card.get("photo_band") or {}).get("sources", [])
+    check_photo_sources(data, val_index, photo_sources)
     card.update(_calibrated_fields(model, data, val_index, seed, fraction, overlap, training, mirror_average,
                                    list(photo_sources)))
     scoring_after = _scoring_fingerprint(card)
