@@ -14,7 +14,12 @@ from typing import Callable
 
 import cv2
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageFile, ImageOps
+
+# HEIC/HEIF photos (what iPhones take by default) open through Pillow with this plugin; AVIF is
+# Pillow's own. Only the primary picture is decoded: no thumbnails, depth maps or auxiliary images.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 Progress = Callable[[str, float], None]
 
@@ -93,7 +98,16 @@ _IMAGE_MAGIC = (
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
 )
-_IMAGE_FTYP_BRANDS = {b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis"}
+# ISO base media files (MP4, MOV, HEIC, AVIF) share one header: a `ftyp` box naming brands.
+_STILL_IMAGE_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"mif1", b"mif2", b"avif", b"avio"}
+_IMAGE_SEQUENCE_BRANDS = {b"msf1", b"hevc", b"hevx", b"hevm", b"hevs", b"avis"}
+
+
+def _ftyp_brands(head: bytes) -> tuple[bytes, set[bytes]]:
+    """The major brand and the compatible brands of a `ftyp` box at the start of the file."""
+    size = int.from_bytes(head[:4], "big")
+    end = min(max(size, 16), len(head))
+    return head[8:12], {head[i:i + 4] for i in range(16, end - 3, 4)}
 
 
 def detect_media_kind(path: str | Path) -> str:
@@ -105,14 +119,24 @@ def detect_media_kind(path: str | Path) -> str:
         raise CorruptMedia("The file could not be read.") from exc
     if not head:
         raise CorruptMedia("The file is empty (0 bytes).")
+    return media_kind_of(head)
+
+
+def media_kind_of(head: bytes) -> str:
+    """'image' or 'video' from a file's first 512 bytes; UnsupportedMedia for anything else."""
     for magic, _ in _IMAGE_MAGIC:
         if head.startswith(magic):
             return "image"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image"
     if head[4:8] == b"ftyp":
-        if head[8:12] in _IMAGE_FTYP_BRANDS:
-            raise UnsupportedMedia("HEIC/AVIF photos are not supported; please upload a JPEG or PNG.")
+        major, compatible = _ftyp_brands(head)
+        if major in _STILL_IMAGE_BRANDS or major == b"avis":
+            return "image"  # HEIC/HEIF, AVIF (an animated AVIF: its first frame)
+        if major in _IMAGE_SEQUENCE_BRANDS:
+            if compatible & _STILL_IMAGE_BRANDS:
+                return "image"  # a sequence that also holds a still picture
+            raise UnsupportedMedia("HEIF image sequences are not supported; please upload a photo or a video.")
         return "video"  # MP4, MOV, M4V, 3GP
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
         return "video"
@@ -125,7 +149,7 @@ def detect_media_kind(path: str | Path) -> str:
     if head[:4] == b"OggS":
         return "video"
     raise UnsupportedMedia(
-        "This file is neither a supported image (JPEG, PNG, GIF, BMP, TIFF, WebP) "
+        "This file is neither a supported image (JPEG, PNG, HEIC, AVIF, WebP, GIF, BMP, TIFF) "
         "nor a supported video (MP4, MOV, AVI, MKV, WebM)."
     )
 
@@ -148,6 +172,20 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def _starts_like_an_image(source) -> bool:
+    """Whether the first bytes of a path or a binary stream name a supported image format."""
+    try:
+        if hasattr(source, "read"):
+            source.seek(0)
+            head = source.read(512)
+        else:
+            with open(source, "rb") as fh:
+                head = fh.read(512)
+        return media_kind_of(head) == "image"
+    except (OSError, MediaError):
+        return False
 
 
 def load_image(path: str | Path, limits: MediaLimits | None = None) -> np.ndarray:
@@ -174,6 +212,8 @@ def load_image(path: str | Path, limits: MediaLimits | None = None) -> np.ndarra
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise MediaTooLarge("The image is too large to decode safely.") from exc
     except Image.UnidentifiedImageError as exc:
+        if _starts_like_an_image(path):  # e.g. a HEIC or AVIF header with no picture behind it
+            raise CorruptMedia("The image is damaged or truncated and cannot be decoded.") from exc
         raise UnsupportedMedia("The image format could not be recognised.") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise CorruptMedia("The image is damaged or truncated and cannot be decoded.") from exc

@@ -144,6 +144,88 @@ def test_animated_gif_uses_first_frame(tmp_path):
     assert rgb[..., 0].mean() > 200 and rgb[..., 2].mean() < 50
 
 
+# ---------------------------------------------------------------- HEIC/HEIF and AVIF photos
+
+def phone_photo(astronaut, fmt: str, **options) -> bytes:
+    """The astronaut (512x400) stored a quarter turn rotated with EXIF Orientation=6, as cameras do."""
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(astronaut[:400], k=1)))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, fmt, exif=exif.tobytes(), **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt, suffix", [("HEIF", "heic"), ("AVIF", "avif")])
+def test_heic_and_avif_photos_decode_upright_and_their_face_is_found(tmp_path, astronaut, fmt, suffix):
+    path = tmp_path / f"IMG_0001.{suffix}"
+    path.write_bytes(phone_photo(astronaut, fmt, quality=90))
+    assert convert.detect_media_kind(path) == "image"
+    rgb = convert.load_image(path)
+    assert rgb.shape == (400, 512, 3) and rgb.dtype == np.uint8
+    assert np.abs(rgb.astype(int) - astronaut[:400]).mean() < 6  # upright, not turned or mirrored
+    media = convert.extract_faces(path, input_size=SIZE)
+    assert media.kind == "image" and media.frames[0].faces
+    assert any(inside(face.box, ASTRONAUT_HEAD) for face in media.frames[0].faces)
+
+
+def test_ten_bit_heic_decodes_to_eight_bit_rgb(tmp_path, astronaut):
+    import pillow_heif
+
+    deep = pillow_heif.from_bytes(mode="RGB;16", size=(512, 512), data=(astronaut.astype(np.uint16) * 257).tobytes())
+    path = tmp_path / "hdr.heic"
+    deep.save(path, quality=90)
+    assert Image.open(path).info["bit_depth"] == 10
+    rgb = convert.load_image(path)
+    assert rgb.dtype == np.uint8 and np.abs(rgb.astype(int) - astronaut).mean() < 6
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_truncated_heic_or_avif_is_damaged_not_unrecognised(tmp_path, astronaut, fmt):
+    whole = phone_photo(astronaut, fmt)
+    for keep in (len(whole) // 2, 300):
+        path = tmp_path / f"cut{keep}.img"
+        path.write_bytes(whole[:keep])
+        assert convert.detect_media_kind(path) == "image"
+        with pytest.raises(convert.CorruptMedia, match="damaged"):
+            convert.load_image(path)
+
+
+def test_heic_size_is_checked_before_decoding(tmp_path, astronaut):
+    whole = phone_photo(astronaut, "HEIF")
+    path = tmp_path / "photo.heic"
+    path.write_bytes(whole)
+    with pytest.raises(convert.MediaTooLarge, match="megapixels"):
+        convert.load_image(path, convert.MediaLimits(image_max_pixels=100_000))
+    at = whole.index(b"ispe") + 8  # the declared width and height follow the box's version and flags
+    path.write_bytes(whole[:at] + (60_000).to_bytes(4, "big") * 2 + whole[at + 8:])
+    with pytest.raises(convert.MediaTooLarge):
+        convert.load_image(path)
+
+
+def ftyp(major: bytes, *compatible: bytes) -> bytes:
+    body = major + b"\x00\x00\x00\x00" + b"".join(compatible)
+    return (8 + len(body)).to_bytes(4, "big") + b"ftyp" + body + b"\x00" * 64
+
+
+@pytest.mark.parametrize("header, kind", [
+    (ftyp(b"heic", b"mif1", b"heic"), "image"),
+    (ftyp(b"mif1", b"heic"), "image"),
+    (ftyp(b"avif", b"avif", b"mif1"), "image"),
+    (ftyp(b"avis", b"avis", b"msf1"), "image"),  # an animated AVIF: its first frame
+    (ftyp(b"msf1", b"msf1", b"mif1"), "image"),  # a sequence that also holds a still
+    (ftyp(b"isom", b"isom", b"avc1", b"mp41"), "video"),
+    (ftyp(b"qt  ", b"qt  "), "video"),
+])
+def test_iso_media_brands_decide_image_or_video(header, kind):
+    assert convert.media_kind_of(header) == kind
+
+
+def test_heif_image_sequence_without_a_still_is_refused_with_its_reason():
+    with pytest.raises(convert.UnsupportedMedia, match="sequences"):
+        convert.media_kind_of(ftyp(b"msf1", b"msf1", b"hevc"))
+
+
 # ---------------------------------------------------------------- faces and crops
 
 def test_real_photo_face_is_found_and_cropped(tmp_path, astronaut):

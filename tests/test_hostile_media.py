@@ -6,9 +6,9 @@ with a verdict or `failed` with a reason a person can act on (never the generic 
 never left `running`). Either way no orphan file, no derived folder without a finished analysis,
 and the server still answers. Decoding runs in the bounded child process (utils/bounded_decode.py).
 
-Accepted formats (decided by content, never by name): images JPEG, PNG, WebP, BMP, plus GIF and
-TIFF as stills (first frame); videos MP4/MOV, AVI, WebM, MKV. Refused: SVG, PDF, HEIC/AVIF, text,
-HTML, archives, anything else.
+Accepted formats (decided by content, never by name): images JPEG, PNG, HEIC/HEIF, AVIF, WebP, BMP,
+plus GIF and TIFF as stills (first frame); videos MP4/MOV, AVI, WebM, MKV. Refused: SVG, PDF, HEIF
+image sequences, text, HTML, archives, anything else.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from markupsafe import escape
 from PIL import Image
 from skimage import data as skdata
 
+import convert  # noqa: F401  registers the HEIC/HEIF plugin that the samples below are written with
 from conftest import jpeg_bytes
 from extensions import db
 from models import Analysis
@@ -101,6 +102,16 @@ def exif_rotated_astronaut() -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6
     return encode(Image.fromarray(stored), "JPEG", quality=90, exif=exif.tobytes())
+
+
+def exif_rotated_astronaut_as(fmt: str) -> bytes:
+    """The same rotated astronaut as a phone's HEIC or an AVIF: libheif stores the turn in the
+    file's `irot` box, Pillow's AVIF writer keeps the EXIF tag; either way the picture is upright."""
+    upright = astronaut()[:400]
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(Image.fromarray(stored), fmt, quality=85, exif=exif.tobytes())
 
 
 def tiled_faces() -> np.ndarray:
@@ -265,8 +276,10 @@ def build_samples(tmp) -> dict[str, tuple[bytes, str, Expect]]:
         "svg named .png": (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', "x.png",
                            Expect("refused", UNSUPPORTED)),
         "pdf": (b"%PDF-1.7\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", "doc.pdf", Expect("refused", UNSUPPORTED)),
-        "heic": (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64, "phone.heic",
-                 Expect("refused", "HEIC")),
+        "heic header, no picture": (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64,
+                                    "phone.heic", Expect("failed", "damaged")),
+        "heif image sequence": (b"\x00\x00\x00\x14ftypmsf1\x00\x00\x00\x00msf1" + b"\x00" * 64, "burst.heics",
+                                Expect("refused", "sequences")),
         "zip": (b"PK\x03\x04" + b"\x00" * 60, "archive.zip", Expect("refused", UNSUPPORTED)),
         "elf executable": (b"\x7fELF\x02\x01\x01" + b"\x00" * 60, "run.jpg", Expect("refused", UNSUPPORTED)),
         # decompression bombs and absurd declared sizes
@@ -288,6 +301,10 @@ def build_samples(tmp) -> dict[str, tuple[bytes, str, Expect]]:
         "grey bmp": (encode(Image.fromarray(grey()), "BMP"), "plain.bmp", Expect("done", verdict="no_face")),
         "gif still": (encode(Image.fromarray(face).convert("P"), "GIF"), "still.gif", Expect("done")),
         "tiff": (encode(Image.fromarray(face), "TIFF"), "scan.tiff", Expect("done", verdict="face")),
+        "iphone heic, rotated": (exif_rotated_astronaut_as("HEIF"), "IMG_0001.HEIC",
+                                 Expect("done", verdict="face", kind="image", check=dims(512, 400))),
+        "avif, exif-rotated": (exif_rotated_astronaut_as("AVIF"), "photo.avif",
+                               Expect("done", verdict="face", kind="image", check=dims(512, 400))),
         # video oddities
         "video without a video stream": (audio_only_mp4(), "voice.mp4", Expect("failed")),
         "video with zero frames": (video_without_frames(), "empty.mp4", Expect("failed")),

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
+import convert  # noqa: F401  registers the HEIC/HEIF plugin the fixture writes with
 from tests.test_model import make_tiny_model
 
 SHARED_VIDEOS = Path("/work/shared/datasets/videos")
@@ -28,6 +29,7 @@ def media(tmp_path) -> Path:
     astronaut = skdata.astronaut()
     Image.fromarray(astronaut).save(folder / "astronaut.jpg", quality=90)
     Image.new("RGB", (320, 240), (90, 140, 200)).save(folder / "nested" / "sky.png")
+    Image.fromarray(astronaut).save(folder / "nested" / "IMG_0001.HEIC", "HEIF", quality=85)
     (folder / "nested" / "notes.mp4").write_text("not a video at all\n" * 10)
     writer = cv2.VideoWriter(str(folder / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (256, 256))
     for _ in range(20):
@@ -45,7 +47,7 @@ def scan_json(app, *args) -> list[dict]:
 def test_scan_json_lines_for_a_folder(app, tiny_model, media):
     app.config["MODEL_PATH"] = str(tiny_model)
     lines = {Path(line["path"]).name: line for line in scan_json(app, "--frames", "4", str(media))}
-    assert set(lines) == {"astronaut.jpg", "sky.png", "notes.mp4", "clip.mp4"}
+    assert set(lines) == {"astronaut.jpg", "sky.png", "IMG_0001.HEIC", "notes.mp4", "clip.mp4"}
     assert all(set(line) == KEYS for line in lines.values())
 
     photo = lines["astronaut.jpg"]
@@ -53,6 +55,10 @@ def test_scan_json_lines_for_a_folder(app, tiny_model, media):
     assert photo["verdict"] in {"real", "fake", "uncertain"} and 0 <= photo["score"] <= 1
     assert photo["model_version"] == "test-1" and photo["threshold"] == 0.5 and photo["error"] is None
     assert photo["uncertain_band"] == [0.4, 0.6]  # the band its verdict used (the tiny card's)
+
+    phone = lines["IMG_0001.HEIC"]  # an iPhone photo in a folder is picked up and read as a photo
+    assert phone["kind"] == "image" and phone["faces"] == 1 and phone["error"] is None
+    assert abs(phone["score"] - photo["score"]) < 0.05  # the same picture, HEIC-compressed
 
     sky = lines["sky.png"]
     assert sky["verdict"] == "no_face" and sky["score"] is None and sky["faces"] == 0 and sky["uncertain_band"] is None

@@ -13,7 +13,7 @@ import convert
 from utils.train_cli import run_training, train_options
 
 MEDIA_SUFFIXES = {
-    ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
+    ".jpg", ".jpeg", ".png", ".heic", ".heif", ".avif", ".bmp", ".webp", ".tif", ".tiff", ".gif",
     ".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".3gp", ".flv", ".ogv",
 }
 

@@ -2,7 +2,7 @@ from flask_wtf import FlaskForm
 from wtforms import MultipleFileField, SubmitField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
-ACCEPT = "image/jpeg,image/png,image/webp,image/bmp,video/mp4,video/quicktime,video/x-msvideo,video/webm,video/x-matroska,.mkv"
+ACCEPT = "image/jpeg,image/png,image/heic,image/heif,image/avif,.heic,.heif,.avif,image/webp,image/bmp,video/mp4,video/quicktime,video/x-msvideo,video/webm,video/x-matroska,.mkv"
 
 
 class UploadForm(FlaskForm):
