@@ -7,7 +7,7 @@ never left `running`). Either way no orphan file, no derived folder without a fi
 and the server still answers. Decoding runs in the bounded child process (utils/bounded_decode.py).
 
 Accepted formats (decided by content, never by name): images JPEG, PNG, HEIC/HEIF, AVIF, WebP, BMP,
-plus GIF and TIFF as stills (first frame); videos MP4/MOV, AVI, WebM, MKV. Refused: SVG, PDF, HEIF
+plus GIF and TIFF as stills (first frame); videos MP4/MOV (H.264, HEVC), AVI, WebM (VP8, AV1), MKV. Refused: SVG, PDF, HEIF
 image sequences, text, HTML, archives, anything else.
 """
 from __future__ import annotations
@@ -315,6 +315,11 @@ def build_samples(tmp) -> dict[str, tuple[bytes, str, Expect]]:
                                 Expect("done", verdict="no_face")),
         "rotation metadata": (rotated, "portrait.mp4", Expect("done", verdict="face", check=dims(512, 400))),
         "mov": (av_video(moving_grey, fmt="mov"), "clip.mov", Expect("done", kind="video")),
+        "iphone hevc mov, rotated": (with_rotation_matrix(av_video([np.ascontiguousarray(np.rot90(face[:400], k=1))] * 3,
+                                                                   fmt="mov", codec="libx265")),
+                                     "IMG_0002.MOV", Expect("done", verdict="face", check=dims(512, 400))),
+        "av1 webm": (av_video([face[:400]] * 3, fmt="webm", codec="libsvtav1"), "clip.webm",
+                     Expect("done", verdict="face", kind="video")),
         "mkv": (av_video(moving_grey, fmt="matroska"), "clip.mkv", Expect("done", kind="video")),
         "webm": (cv2_video(moving_grey, "VP80", ".webm", tmp=tmp), "clip.webm", Expect("done", kind="video")),
         "avi": (cv2_video(moving_grey, "MJPG", ".avi", tmp=tmp), "clip.avi", Expect("done", kind="video")),
