@@ -21,7 +21,8 @@ def sharpness(crops: np.ndarray) -> float:
 
 @pytest.mark.parametrize("text, expected", [("jpeg:50", Degradation("jpeg", 50)), ("SCALE:0.5", Degradation("scale", 0.5)),
                                             (" blur:1.2 ", Degradation("blur", 1.2)), ("noise:5", Degradation("noise", 5)),
-                                            ("h264:35", Degradation("h264", 35))])
+                                            ("h264:35", Degradation("h264", 35)), ("heic:50", Degradation("heic", 50)),
+                                            ("avif:30", Degradation("avif", 30))])
 def test_parse_accepts_each_kind(text, expected):
     assert parse_degradation(text) == expected
     assert str(expected) == text.strip().lower()
@@ -30,7 +31,8 @@ def test_parse_accepts_each_kind(text, expected):
 @pytest.mark.parametrize("text, message", [
     ("gamma:2", "unknown degradation"), ("jpeg", "needs a number"), ("jpeg:high", "needs a number"),
     ("jpeg:0", "between 1 and 100"), ("scale:2", "between 0.05 and 1"), ("blur:nan", "between"),
-    ("noise:-1", "between"), ("h264:52", "between 0 and 51"), ("h264:", "needs a number")])
+    ("noise:-1", "between"), ("h264:52", "between 0 and 51"), ("h264:", "needs a number"),
+    ("heic:0", "between 1 and 100"), ("avif:101", "between 1 and 100")])
 def test_parse_refuses_bad_specs_with_a_reason(text, message):
     with pytest.raises(ValueError, match=message):
         parse_degradation(text)
@@ -39,7 +41,7 @@ def test_parse_refuses_bad_specs_with_a_reason(text, message):
 def test_each_degradation_changes_the_crop_the_expected_way():
     crops = face_crops()
     before = crops.copy()
-    for spec in ("jpeg:20", "scale:0.4", "blur:1.5", "h264:40"):
+    for spec in ("jpeg:20", "scale:0.4", "blur:1.5", "h264:40", "heic:20", "avif:20"):
         out = degrade(crops, [parse_degradation(spec)])
         assert out.shape == crops.shape and out.dtype == np.uint8
         assert sharpness(out) < sharpness(crops), spec  # each of these removes fine detail
@@ -72,6 +74,15 @@ def test_h264_loses_more_the_higher_the_quantiser_and_treats_each_crop_alone():
     odd = degrade(crops[:, :127, :125], [Degradation("h264", 30)])
     assert odd.shape == (4, 127, 125, 3)
     assert degrade(crops[:0], [Degradation("h264", 30)]).shape == (0, 128, 128, 3)
+
+
+@pytest.mark.parametrize("kind", ["heic", "avif"])
+def test_phone_stills_lose_more_the_lower_the_quality(kind):
+    crops = face_crops(3)
+    errors = [np.abs(degrade(crops, [Degradation(kind, q)]).astype(int) - crops).mean() for q in (90, 50, 10)]
+    assert errors[0] < errors[1] < errors[2]
+    assert errors[0] < 3.0  # high quality: close to the original
+    assert np.array_equal(degrade(crops, [Degradation(kind, 50)]), degrade(crops, [Degradation(kind, 50)]))
 
 
 class CheckerboardDetector:
@@ -167,6 +178,7 @@ def test_record_adds_held_out_results_to_the_card(tmp_path, app, monkeypatch):
 @pytest.mark.parametrize("recorded, words", [
     ("none", "as stored"), ("jpeg:30", "JPEG quality 30"), ("scale:0.35", "shrunk to 35 % and upscaled"),
     ("blur:1.5", "blurred, σ 1.5 px"), ("noise:5", "noise, σ 5"), ("h264:42", "H.264 video frame, quantiser 42"),
+    ("heic:50", "HEIC quality 50"), ("avif:30", "AVIF quality 30"),
     ("scale:0.5 then jpeg:50", "shrunk to 50 % and upscaled, then JPEG quality 50"),
     ("gamma:2", "gamma:2"), ("jpeg:500", "jpeg:500")])
 def test_describe_puts_recorded_degradations_in_words(recorded, words):

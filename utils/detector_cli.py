@@ -158,7 +158,7 @@ def register(app: Flask) -> None:
                   help="'validation': only what the model's training run held out.")
     @click.option("--degrade", "degrade_specs", multiple=True, metavar="KIND:N",
                   help="Degrade every face crop before scoring: jpeg:QUALITY, scale:FRACTION, blur:SIGMA, "
-                       "noise:SD or h264:QUANTISER (an H.264 intra frame); repeat to chain them in order (robustness check, image folders only).")
+                       "noise:SD, h264:QUANTISER (an H.264 intra frame), heic:QUALITY or avif:QUALITY; repeat to chain them in order (robustness check, image folders only).")
     @click.option("--record", is_flag=True,
                   help="Add the result to the model card's robustness table (with --split validation, image folders).")
     @click.option("--media", type=click.Choice(["auto", "image", "video"]), default="auto", show_default=True,

@@ -23,6 +23,8 @@ KINDS = {
     "blur": (0.1, 10.0, 1, "Gaussian blur sigma in pixels"),
     "noise": (0.1, 50.0, 5, "Gaussian noise standard deviation in grey levels"),
     "h264": (0, 51, 35, "H.264 quantiser of an intra-frame re-encoding (x264; higher is worse)"),
+    "heic": (1, 100, 50, "HEIC quality of a re-encoding (HEVC still, as a phone saves a photo)"),
+    "avif": (1, 100, 50, "AVIF quality of a re-encoding (AV1 still)"),
 }
 
 
@@ -36,7 +38,7 @@ class Degradation:
 
 
 def parse_degradation(text: str) -> Degradation:
-    """'jpeg:50', 'scale:0.5', 'blur:1.2', 'noise:5', 'h264:35' -> Degradation; anything else -> ValueError
+    """'jpeg:50', 'scale:0.5', 'blur:1.2', 'noise:5', 'h264:35', 'heic:50' -> Degradation; anything else -> ValueError
     with a message naming what is accepted."""
     kind, _, amount = text.strip().lower().partition(":")
     if kind not in KINDS:
@@ -54,7 +56,8 @@ def parse_degradation(text: str) -> Degradation:
 
 WORDS = {"jpeg": lambda q: f"JPEG quality {q:g}", "scale": lambda f: f"shrunk to {f * 100:g} % and upscaled",
          "blur": lambda sigma: f"blurred, σ {sigma:g} px", "noise": lambda sd: f"noise, σ {sd:g}",
-         "h264": lambda q: f"H.264 video frame, quantiser {q:g}"}
+         "h264": lambda q: f"H.264 video frame, quantiser {q:g}",
+         "heic": lambda q: f"HEIC quality {q:g}", "avif": lambda q: f"AVIF quality {q:g}"}
 
 
 def describe(recorded: str) -> str:
@@ -73,6 +76,22 @@ def jpeg_recompress(image: np.ndarray, quality: int) -> np.ndarray:
     """Encode an RGB uint8 image as JPEG at this quality and decode it again."""
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1] if ok else image
+
+
+def still_recompress(image: np.ndarray, fmt: str, quality: int) -> np.ndarray:
+    """Encode an RGB uint8 image as a HEIC (HEVC, through pillow-heif) or AVIF (AV1, Pillow's own)
+    still at this quality and decode it again: how phones and modern sites store photos."""
+    import io
+
+    from PIL import Image
+    if fmt == "HEIF":
+        import pillow_heif  # requirements.txt; imported here so the GPU bundle does not need it
+
+        pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, fmt, quality=int(quality))
+    with Image.open(io.BytesIO(buffer.getvalue())) as decoded:
+        return np.asarray(decoded.convert("RGB"), np.uint8)
 
 
 def shrink_and_restore(image: np.ndarray, small: int) -> np.ndarray:
@@ -130,6 +149,8 @@ def _apply(crop: np.ndarray, step: Degradation, rng: np.random.Generator) -> np.
         return shrink_and_restore(crop, max(2, round(crop.shape[0] * step.amount)))
     if step.kind == "blur":
         return cv2.GaussianBlur(crop, (0, 0), step.amount)
+    if step.kind in ("heic", "avif"):
+        return still_recompress(crop, "HEIF" if step.kind == "heic" else "AVIF", round(step.amount))
     if step.kind == "noise":
         noisy = crop.astype(np.float32) + rng.normal(0, step.amount, crop.shape)
         return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
