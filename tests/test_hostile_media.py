@@ -130,13 +130,13 @@ def cv2_video(frames: list[np.ndarray], fourcc="mp4v", suffix=".mp4", fps=10.0, 
 
 
 def av_video(frames: list[np.ndarray], *, fmt="mp4", codec="libx264", pts=None, time_base=None,
-             rate=10) -> bytes:
+             rate=10, pix_fmt="yuv420p") -> bytes:
     """Encoded with PyAV (H.264 and exact timestamps, which OpenCV cannot write)."""
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=fmt) as out:
         stream = out.add_stream(codec, rate=rate)
         h, w = frames[0].shape[:2]
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         if time_base is not None:
             stream.codec_context.time_base = time_base
         for i, rgb in enumerate(frames):
@@ -318,6 +318,8 @@ def build_samples(tmp) -> dict[str, tuple[bytes, str, Expect]]:
         "iphone hevc mov, rotated": (with_rotation_matrix(av_video([np.ascontiguousarray(np.rot90(face[:400], k=1))] * 3,
                                                                    fmt="mov", codec="libx265")),
                                      "IMG_0002.MOV", Expect("done", verdict="face", check=dims(512, 400))),
+        "10-bit hevc (phone hdr)": (av_video([face[:400]] * 3, fmt="mov", codec="libx265", pix_fmt="yuv420p10le"),
+                                    "IMG_0003.MOV", Expect("done", verdict="face", check=dims(512, 400))),
         "av1 webm": (av_video([face[:400]] * 3, fmt="webm", codec="libsvtav1"), "clip.webm",
                      Expect("done", verdict="face", kind="video")),
         "mkv": (av_video(moving_grey, fmt="matroska"), "clip.mkv", Expect("done", kind="video")),
