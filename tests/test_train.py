@@ -136,6 +136,33 @@ def test_codec_fraction_ends_faces_as_h264_frames_and_zero_changes_nothing():
     assert drift < jpeg_drift
 
 
+def test_codec_kinds_draw_heic_and_avif_stills_and_h264_alone_keeps_the_batches():
+    from utils.robustness import still_recompress
+
+    face = astronaut_face()
+    h264_only = [augment(face, np.random.default_rng(i), 0.0, 1.0) for i in range(6)]
+    assert all(np.array_equal(a, augment(face, np.random.default_rng(i), 0.0, 1.0, ("h264",)))
+               for i, a in enumerate(h264_only))  # naming the default draws nothing more
+    heic = [augment(face, np.random.default_rng(i), 0.0, 1.0, ("heic",)) for i in range(6)]
+    assert all(h.shape == face.shape and h.dtype == np.uint8 for h in heic)
+    assert not any(np.array_equal(h, c) for h, c in zip(heic, h264_only))
+    # each is a HEIC still already: a second high-quality HEIC round trip barely moves it
+    drift = np.mean([np.abs(still_recompress(h, "HEIF", 90).astype(int) - h).mean() for h in heic])
+    raw_drift = np.mean([np.abs(still_recompress(f, "HEIF", 90).astype(int) - f).mean()
+                         for f in (augment(face, np.random.default_rng(i)) for i in range(6))])
+    assert drift < raw_drift
+    mixed = [augment(face, np.random.default_rng(i), 0.0, 1.0, ("h264", "heic", "avif")) for i in range(12)]
+    assert all(m.shape == face.shape for m in mixed)
+
+
+def test_unknown_codec_kind_is_refused_before_training(tmp_path):
+    from utils.train import train
+
+    with pytest.raises(ValueError, match="unknown codec vp9"):
+        train([str(tmp_path / "nothing")], tmp_path / "m.keras", codec_fraction=0.3, codec_kinds=("h264", "vp9"),
+              log=lambda m: None)
+
+
 def test_self_blend_changes_the_face_not_the_corners():
     rng = np.random.default_rng(1)
     face = synthetic_face(rng, False, 128)
@@ -476,12 +503,13 @@ def test_train_on_a_pack_defers_calibration_and_calibrate_completes_the_card(tmp
                                  "--steps-per-epoch", "2", "--batch-size", "8", "--input-size", "32",
                                  "--width", "0.25", "--seed", "3", "--loader-workers", "2", "--sbi-fraction", "0.5",
                                  "--soften-fraction", "0.4", "--sbi-mismatch", "0.5", "--sbi-sources", "alternate",
-                                 "--codec-fraction", "0.3"])
+                                 "--codec-fraction", "0.3", "--codec-kinds", "h264", "--codec-kinds", "heic"])
     assert result.exit_code == 0, result.output
     card = json.loads((out.parent / "model_card.json").read_text())
     assert card["training"]["sbi_fraction"] == 0.5 and card["training"]["soften_fraction"] == 0.4
     assert card["training"]["sbi_mismatch"] == 0.5 and card["training"]["sbi_sources"] == "alternate"
     assert card["training"]["codec_fraction"] == 0.3 and "H.264" in card["training"]["augmentation"]
+    assert card["training"]["codec_kinds"] == ["h264", "heic"] and "HEIC stills" in card["training"]["augmentation"]
     assert card["calibrated"] is False and "fusion" not in card and "validation_metrics" not in card
     assert card["mirror_average"] is False  # what `train` was told (default off); calibrate keeps it
     assert card["data"][0]["source"] == "tiny" and card["data"][0]["pack"] == "faces.npz"

@@ -26,7 +26,10 @@ import convert
 from utils import dataset
 from utils.detail import MEASURE as DETAIL_MEASURE, DetailBands, face_detail, widened
 from utils.robustness import (Degradation, degrade, h264_available, h264_recompress, jpeg_recompress,
-                              parse_degradation, shrink_and_restore)
+                              parse_degradation, shrink_and_restore, still_recompress)
+
+# What a codec-compressed face (--codec-fraction) is made with: --codec-kinds picks among these.
+CODEC_KINDS = ("h264", "heic", "avif")
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -118,14 +121,29 @@ def soften(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return shrink_and_restore(img, max(2, int(img.shape[0] * rng.uniform(0.3, 0.6))))
 
 
+def codec_recompress(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """One face through a codec: an H.264 intra frame at quantiser 22-42, or a HEIC (HEVC) or AVIF
+    (AV1) still at quality 20-80, as phones and sites store photos."""
+    if kind == "h264":
+        return h264_recompress(np.ascontiguousarray(img)[None], int(rng.integers(22, 43)))[0]
+    return still_recompress(img, "HEIF" if kind == "heic" else "AVIF", int(rng.integers(20, 81)))
+
+
+def codec_words(codec_kinds) -> str:
+    words = {"h264": "H.264 intra frames at quantiser 22-42", "heic": "HEIC stills at quality 20-80",
+             "avif": "AVIF stills at quality 20-80"}
+    return ", ".join(words[k] for k in codec_kinds)
+
+
 def augment(img: np.ndarray, rng: np.random.Generator, soften_fraction: float = 0.0,
-            codec_fraction: float = 0.0) -> np.ndarray:
+            codec_fraction: float = 0.0, codec_kinds: tuple[str, ...] = ("h264",)) -> np.ndarray:
     """Robustness to what uploads do to faces: re-compression, blur, rescaling, colour, framing.
     soften_fraction: share of faces (real, fake and self-blended alike) also softened as a whole, so
     that softness alone is no evidence (the shipped blending head fires on blurred real faces; README
     "Robustness to degraded faces"). codec_fraction: share of faces ending as an H.264 intra frame
-    (quantiser 22-42) instead of the usual chance of a JPEG, as a face in an uploaded video does.
-    Either at 0 draws nothing extra: batches stay as before."""
+    (quantiser 22-42) instead of the usual chance of a JPEG, as a face in an uploaded video does;
+    codec_kinds: the codecs drawn from in turn for it (one kind draws nothing extra).
+    Either fraction at 0 draws nothing extra: batches stay as before."""
     size = img.shape[0]
     out = img
     if soften_fraction > 0 and rng.random() < soften_fraction:
@@ -151,7 +169,8 @@ def augment(img: np.ndarray, rng: np.random.Generator, soften_fraction: float = 
         noisy = np.asarray(out, np.float32) + rng.normal(0, rng.uniform(2, 6), out.shape)
         out = np.clip(noisy, 0, 255).astype(np.uint8)
     if codec_fraction > 0 and rng.random() < codec_fraction:
-        out = h264_recompress(np.ascontiguousarray(out)[None], int(rng.integers(22, 43)))[0]
+        kind = codec_kinds[int(rng.integers(len(codec_kinds)))] if len(codec_kinds) > 1 else codec_kinds[0]
+        out = codec_recompress(out, kind, rng)
     elif rng.random() < 0.6:
         out = jpeg_recompress(out, rng.integers(35, 96))
     return np.ascontiguousarray(out, dtype=np.uint8)
@@ -522,7 +541,8 @@ def sbi_slots(real_pools: list, count: int, balance: str, sizes: dict[str, int],
 def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: int, seed: int,
                  sbi_fraction: float = 0.25, first_epoch: int = 0, workers: int = 1,
                  source_balance: str = "equal", soften_fraction: float = 0.0, sbi_mismatch: float = 0.0,
-                 sbi_sources: str = "like-reals", codec_fraction: float = 0.0):
+                 sbi_sources: str = "like-reals", codec_fraction: float = 0.0,
+                 codec_kinds: tuple[str, ...] = ("h264",)):
     """A keras PyDataset yielding (uint8 crops, [N,2] head labels) with -1 = ignored by that head.
     `first_epoch` lets a continued run draw new batches instead of replaying the first run's.
     `workers` threads build batches ahead (for a GPU that outruns one core); each batch is seeded by
@@ -560,7 +580,7 @@ def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: in
                 for key in keys:
                     rows = pools[key]
                     img = data.crops[rows[rng.integers(len(rows))]]
-                    xs.append(augment(np.asarray(img), rng, soften_fraction, codec_fraction))
+                    xs.append(augment(np.asarray(img), rng, soften_fraction, codec_fraction, codec_kinds))
                     ys.append((label, 0 if label == 0 else -1))
             for key in sbi_places:
                 rows = pools[key]
@@ -568,7 +588,7 @@ def make_batches(data: PackedData, index: np.ndarray, batch_size: int, steps: in
                 if rng.random() < 0.5:
                     img = img[:, ::-1]
                 xs.append(augment(self_blend(np.ascontiguousarray(img), rng, sbi_mismatch), rng, soften_fraction,
-                                  codec_fraction))
+                                  codec_fraction, codec_kinds))
                 ys.append((-1, 1))
             return np.stack(xs).astype(np.float32), np.asarray(ys, np.float32)
 
@@ -851,7 +871,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
           validation_fraction: float = 0.15, sbi_fraction: float = 0.25, init_from: str | Path | None = None,
           loader_workers: int = 1, source_balance: str = "equal", mirror_average: bool = False,
           soften_fraction: float = 0.0, sbi_mismatch: float = 0.0, sbi_sources: str = "like-reals",
-          codec_fraction: float = 0.0, photo_sources=(), log=print) -> dict:
+          codec_fraction: float = 0.0, codec_kinds=("h264",), photo_sources=(), log=print) -> dict:
     """Train, calibrate on the validation split, write the .keras model and model_card.json.
     mirror_average: score each face as the mean of its and its mirror image's logits (off by default:
     better on the validation split, worse on the unseen FF++ faces; README "Run 7 and mirror averaging").
@@ -863,7 +883,11 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
     import keras
 
     started = time.time()
-    if codec_fraction > 0 and not h264_available():
+    codec_kinds = tuple(dict.fromkeys(codec_kinds or ("h264",)))
+    unknown = [k for k in codec_kinds if k not in CODEC_KINDS]
+    if unknown:
+        raise ValueError(f"unknown codec {', '.join(unknown)} for --codec-kinds; use {', '.join(CODEC_KINDS)}")
+    if codec_fraction > 0 and "h264" in codec_kinds and not h264_available():
         raise ValueError("--codec-fraction needs PyAV (pip install av), which this Python lacks; "
                          "train with --codec-fraction 0 here")
     keras.utils.set_random_seed(seed)
@@ -908,7 +932,7 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
     batches = make_batches(data, train_index, batch_size, steps_per_epoch, seed, sbi_fraction,
                            first_epoch=previous_epochs, workers=loader_workers, source_balance=source_balance,
                            soften_fraction=soften_fraction, sbi_mismatch=sbi_mismatch, sbi_sources=sbi_sources,
-                           codec_fraction=codec_fraction)
+                           codec_fraction=codec_fraction, codec_kinds=codec_kinds)
 
     class TimeBudget(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -940,9 +964,10 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
                      "learning_rate": learning_rate, "seed": seed, "sbi_fraction": sbi_fraction,
                      "source_balance": source_balance, "soften_fraction": soften_fraction,
                      "sbi_mismatch": sbi_mismatch, "sbi_sources": sbi_sources, "codec_fraction": codec_fraction,
+                     **({"codec_kinds": list(codec_kinds)} if codec_kinds != ("h264",) else {}),
                      "validation_fraction": validation_fraction, "width": width,
                      "augmentation": "flip, framing jitter, down/up-scaling, blur, colour, noise, JPEG 35-95"
-                                     + (", H.264 intra frames at quantiser 22-42" if codec_fraction else ""),
+                                     + (", " + codec_words(codec_kinds) if codec_fraction else ""),
                      "minutes": round((time.time() - started) / 60, 1),
                      "epochs_total": previous_epochs + epochs_run,
                      "minutes_total": round(previous_minutes + (time.time() - started) / 60, 1),

@@ -34,6 +34,10 @@ _OPTIONS = [
     click.option("--codec-fraction", type=click.FloatRange(0.0, 0.9), default=0.0, show_default=True,
                  help="Share of faces (real and fake alike) ending as an H.264 intra frame at quantiser 22-42 "
                       "instead of the usual chance of a JPEG re-encoding, as faces in uploaded videos do."),
+    click.option("--codec-kinds", type=click.Choice(["h264", "heic", "avif"]), multiple=True, default=("h264",),
+                 show_default=True,
+                 help="Codecs for the --codec-fraction faces, drawn in turn when repeated: h264 (an intra frame), "
+                      "heic (an HEVC still, as iPhones save photos), avif (an AV1 still)."),
     click.option("--sbi-mismatch", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
                  help="Share of self-blended pseudo-fakes whose inner face is also shrunk and upscaled or "
                       "JPEG-compressed apart from its surroundings, as a pasted face often is."),
