@@ -582,6 +582,25 @@ def test_pack_and_train_refuse_what_would_leak_or_cannot_be_read(tmp_path, app):
     assert not (tmp_path / "m.keras").exists()
 
 
+def test_heic_codec_without_pillow_heif_is_refused_before_training(tmp_path, monkeypatch):
+    import builtins
+
+    from utils.train import train
+
+    real_import = builtins.__import__
+
+    def no_heif(name, *args, **kwargs):
+        if name == "pillow_heif":
+            raise ImportError("No module named 'pillow_heif'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_heif)
+    with pytest.raises(ValueError, match="heic needs pillow-heif"):
+        train([str(tmp_path / "nothing")], tmp_path / "m.keras", codec_fraction=0.3, codec_kinds=("avif", "heic"),
+              log=lambda m: None)
+    assert not (tmp_path / "m.keras").exists()
+
+
 def test_the_same_training_runs_on_jax_and_the_file_loads_in_tensorflow(tmp_path, app):
     """The GPU route on CPU: KERAS_BACKEND=jax, no Flask, a face pack in; TensorFlow loads the result."""
     import os

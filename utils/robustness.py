@@ -110,6 +110,15 @@ def h264_available() -> bool:
     return True
 
 
+def heic_available() -> bool:
+    """Whether pillow-heif (requirements.txt; not in the GPU bundle) can be imported for HEIC stills."""
+    try:
+        import pillow_heif  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def h264_recompress(images: np.ndarray, quantiser: int) -> np.ndarray:
     """Each RGB uint8 image [N, H, W, 3] encoded as an H.264 intra frame (x264, constant quantiser,
     4:2:0 chroma, BT.601 limited range) and decoded again: what a video upload does to a face, which

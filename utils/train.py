@@ -26,7 +26,7 @@ import convert
 from utils import dataset
 from utils.detail import MEASURE as DETAIL_MEASURE, DetailBands, face_detail, widened
 from utils.robustness import (Degradation, degrade, h264_available, h264_recompress, jpeg_recompress,
-                              parse_degradation, shrink_and_restore, still_recompress)
+                              heic_available, parse_degradation, shrink_and_restore, still_recompress)
 
 # What a codec-compressed face (--codec-fraction) is made with: --codec-kinds picks among these.
 CODEC_KINDS = ("h264", "heic", "avif")
@@ -890,6 +890,9 @@ def train(data_dirs: list[str], out_path: str | Path, *, input_size: int = 128, 
     if codec_fraction > 0 and "h264" in codec_kinds and not h264_available():
         raise ValueError("--codec-fraction needs PyAV (pip install av), which this Python lacks; "
                          "train with --codec-fraction 0 here")
+    if codec_fraction > 0 and "heic" in codec_kinds and not heic_available():
+        raise ValueError("--codec-kinds heic needs pillow-heif (pip install pillow-heif), which this Python lacks; "
+                         "leave heic out here")
     keras.utils.set_random_seed(seed)
     previous = {}
     if init_from:
