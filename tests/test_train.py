@@ -582,25 +582,6 @@ def test_pack_and_train_refuse_what_would_leak_or_cannot_be_read(tmp_path, app):
     assert not (tmp_path / "m.keras").exists()
 
 
-def test_heic_codec_without_pillow_heif_is_refused_before_training(tmp_path, monkeypatch):
-    import builtins
-
-    from utils.train import train
-
-    real_import = builtins.__import__
-
-    def no_heif(name, *args, **kwargs):
-        if name == "pillow_heif":
-            raise ImportError("No module named 'pillow_heif'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_heif)
-    with pytest.raises(ValueError, match="heic needs pillow-heif"):
-        train([str(tmp_path / "nothing")], tmp_path / "m.keras", codec_fraction=0.3, codec_kinds=("avif", "heic"),
-              log=lambda m: None)
-    assert not (tmp_path / "m.keras").exists()
-
-
 def test_the_same_training_runs_on_jax_and_the_file_loads_in_tensorflow(tmp_path, app):
     """The GPU route on CPU: KERAS_BACKEND=jax, no Flask, a face pack in; TensorFlow loads the result."""
     import os
@@ -655,19 +636,24 @@ def test_sbi_mismatch_softens_or_recompresses_the_inner_face_only_and_zero_chang
     assert np.abs(mixed - face.astype(int))[corner].mean() < 0.5
 
 
-def test_codec_fraction_without_pyav_is_refused_before_training(tmp_path, monkeypatch):
+@pytest.mark.parametrize("missing, kinds, message", [
+    ("av", ("h264",), "--codec-fraction needs PyAV"),
+    ("pillow_heif", ("avif", "heic"), "heic needs pillow-heif"),  # the GPU bundle has neither
+])
+def test_codec_without_its_encoder_is_refused_before_training(tmp_path, monkeypatch, missing, kinds, message):
     import builtins
 
     from utils.train import train
 
     real_import = builtins.__import__
 
-    def no_av(name, *args, **kwargs):
-        if name == "av":
-            raise ImportError("No module named 'av'")
+    def without(name, *args, **kwargs):
+        if name == missing:
+            raise ImportError(f"No module named {missing!r}")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_av)
-    with pytest.raises(ValueError, match="--codec-fraction needs PyAV"):
-        train([str(tmp_path / "nothing")], tmp_path / "m.keras", codec_fraction=0.3, log=lambda m: None)
+    monkeypatch.setattr(builtins, "__import__", without)
+    with pytest.raises(ValueError, match=message):
+        train([str(tmp_path / "nothing")], tmp_path / "m.keras", codec_fraction=0.3, codec_kinds=kinds,
+              log=lambda m: None)
     assert not (tmp_path / "m.keras").exists()
