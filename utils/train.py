@@ -142,7 +142,7 @@ def augment(img: np.ndarray, rng: np.random.Generator, soften_fraction: float = 
     that softness alone is no evidence (the shipped blending head fires on blurred real faces; README
     "Robustness to degraded faces"). codec_fraction: share of faces ending as an H.264 intra frame
     (quantiser 22-42) instead of the usual chance of a JPEG, as a face in an uploaded video does;
-    codec_kinds: the codecs drawn from in turn for it (one kind draws nothing extra).
+    codec_kinds: the codecs it is drawn from, one at random per face (one kind draws nothing extra).
     Either fraction at 0 draws nothing extra: batches stay as before."""
     size = img.shape[0]
     out = img

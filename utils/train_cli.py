@@ -36,7 +36,7 @@ _OPTIONS = [
                       "instead of the usual chance of a JPEG re-encoding, as faces in uploaded videos do."),
     click.option("--codec-kinds", type=click.Choice(["h264", "heic", "avif"]), multiple=True, default=("h264",),
                  show_default=True,
-                 help="Codecs for the --codec-fraction faces, drawn in turn when repeated: h264 (an intra frame), "
+                 help="Codecs for the --codec-fraction faces, one drawn at random per face when repeated: h264 (an intra frame), "
                       "heic (an HEVC still, as iPhones save photos), avif (an AV1 still)."),
     click.option("--sbi-mismatch", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
                  help="Share of self-blended pseudo-fakes whose inner face is also shrunk and upscaled or "
