@@ -14,12 +14,17 @@ from typing import Callable
 
 import cv2
 import numpy as np
-import pillow_heif
 from PIL import Image, ImageFile, ImageOps
 
 # HEIC/HEIF photos (what iPhones take by default) open through Pillow with this plugin; AVIF is
 # Pillow's own. Only the primary picture is decoded: no thumbnails, depth maps or auxiliary images.
-pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+# requirements.txt installs it; the GPU training machine (README) has none and decodes no uploads.
+try:
+    import pillow_heif
+except ImportError:
+    pillow_heif = None
+else:
+    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 Progress = Callable[[str, float], None]
 

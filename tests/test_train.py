@@ -599,8 +599,13 @@ def test_the_same_training_runs_on_jax_and_the_file_loads_in_tensorflow(tmp_path
     pack = tmp_path / "faces.npz"
     _pack(app, tmp_path, data_dir, pack)
     out = tmp_path / "jax" / "detector.keras"
+    # like the GPU machine: no PyAV and no pillow-heif there (README "Training on a GPU")
+    absent = tmp_path / "absent"
+    absent.mkdir()
+    for module in ("av", "pillow_heif"):
+        (absent / f"{module}.py").write_text(f"raise ImportError('{module} is not on the GPU machine')\n")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(jax_dir), os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(absent), str(jax_dir), os.environ.get("PYTHONPATH")]))}
     probe = ("import sys, keras, utils.train_cli, utils.train; "
              "sys.exit(3 if {'flask', 'tensorflow'} & set(sys.modules) else 0)")
     run = subprocess.run([sys.executable, "-c", probe], env=env, cwd=root)
