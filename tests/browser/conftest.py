@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.browser.support import PASSWORD
+from tests.browser.support import PASSWORD, browser_closed_within
 from tests.jobs_support import skip_or_fail
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
@@ -108,7 +108,8 @@ def browser(live_server):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         yield browser
-        browser.close()
+        with browser_closed_within(60):
+            browser.close()
 
 
 @pytest.fixture

@@ -2,13 +2,62 @@
 names, WCAG contrast of text and of the focus indicator)."""
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 PASSWORD = "correct horse battery"
 ANALYSIS_TIMEOUT_MS = 180_000  # first use loads TensorFlow and the model in this process
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process under pid (Linux /proc), children before grandchildren."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+@contextlib.contextmanager
+def browser_closed_within(seconds: float = 60.0):
+    """Around a Playwright browser's close(): if it has not returned within `seconds`, kill the
+    browser processes this test run started, which lets close() return. Seen once (2026-12-07): a
+    headless Chromium spinning at 100 % CPU on close for 14 minutes on a loaded machine. The
+    watchdog thread never calls Playwright (its sync API belongs to the test's thread)."""
+    done = threading.Event()
+
+    def watch():
+        if done.wait(seconds):
+            return
+        for pid in _descendants(os.getpid()):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if b"chrom" in fh.read().split(b"\0", 1)[0].lower():
+                        os.kill(pid, signal.SIGKILL)
+            except OSError:
+                continue
+
+    watchdog = threading.Thread(target=watch, name="browser-close-watchdog", daemon=True)
+    watchdog.start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def screenshot(page, name: str, full_page: bool = True) -> Path:

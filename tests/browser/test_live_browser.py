@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.browser.support import browser_closed_within
 from tests.jobs_support import skip_or_fail
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
@@ -110,8 +111,9 @@ def camera_page(camera_server, tmp_path_factory):
         page.console_messages_seen = []
         page.on("console", lambda message: page.console_messages_seen.append(message.text))
         yield page
-        context.close()
-        browser.close()
+        with browser_closed_within(60):
+            context.close()
+            browser.close()
 
 
 def sign_in(page) -> None:
