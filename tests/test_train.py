@@ -147,8 +147,8 @@ def test_codec_kinds_draw_heic_and_avif_stills_and_h264_alone_keeps_the_batches(
     assert all(h.shape == face.shape and h.dtype == np.uint8 for h in heic)
     assert not any(np.array_equal(h, c) for h, c in zip(heic, h264_only))
     # each is a HEIC still already: a second high-quality HEIC round trip barely moves it
-    drift = np.mean([np.abs(still_recompress(h, "HEIF", 90).astype(int) - h).mean() for h in heic])
-    raw_drift = np.mean([np.abs(still_recompress(f, "HEIF", 90).astype(int) - f).mean()
+    drift = np.mean([np.abs(still_recompress(h, "heic", 90).astype(int) - h).mean() for h in heic])
+    raw_drift = np.mean([np.abs(still_recompress(f, "heic", 90).astype(int) - f).mean()
                          for f in (augment(face, np.random.default_rng(i)) for i in range(6))])
     assert drift < raw_drift
     mixed = [augment(face, np.random.default_rng(i), 0.0, 1.0, ("h264", "heic", "avif")) for i in range(12)]

@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+import convert  # noqa: F401  registers the HEIC plugin (where pillow-heif is installed) that heic steps use
+
 # kind -> (lowest, highest accepted amount, an example, what the amount means)
 KINDS = {
     "jpeg": (1, 100, 50, "JPEG quality of a re-encoding"),
@@ -78,18 +80,15 @@ def jpeg_recompress(image: np.ndarray, quality: int) -> np.ndarray:
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1] if ok else image
 
 
-def still_recompress(image: np.ndarray, fmt: str, quality: int) -> np.ndarray:
-    """Encode an RGB uint8 image as a HEIC (HEVC, through pillow-heif) or AVIF (AV1, Pillow's own)
+def still_recompress(image: np.ndarray, kind: str, quality: int) -> np.ndarray:
+    """Encode an RGB uint8 image as a 'heic' (HEVC, through pillow-heif) or 'avif' (AV1, Pillow's own)
     still at this quality and decode it again: how phones and modern sites store photos."""
     import io
 
     from PIL import Image
-    if fmt == "HEIF":
-        import pillow_heif  # requirements.txt; imported here so the GPU bundle does not need it
-
-        pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buffer, fmt, quality=int(quality))
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, {"heic": "HEIF", "avif": "AVIF"}[kind],
+                                                      quality=int(quality))
     with Image.open(io.BytesIO(buffer.getvalue())) as decoded:
         return np.asarray(decoded.convert("RGB"), np.uint8)
 
@@ -159,7 +158,7 @@ def _apply(crop: np.ndarray, step: Degradation, rng: np.random.Generator) -> np.
     if step.kind == "blur":
         return cv2.GaussianBlur(crop, (0, 0), step.amount)
     if step.kind in ("heic", "avif"):
-        return still_recompress(crop, "HEIF" if step.kind == "heic" else "AVIF", round(step.amount))
+        return still_recompress(crop, step.kind, round(step.amount))
     if step.kind == "noise":
         noisy = crop.astype(np.float32) + rng.normal(0, step.amount, crop.shape)
         return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)

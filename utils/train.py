@@ -126,7 +126,7 @@ def codec_recompress(img: np.ndarray, kind: str, rng: np.random.Generator) -> np
     (AV1) still at quality 20-80, as phones and sites store photos."""
     if kind == "h264":
         return h264_recompress(np.ascontiguousarray(img)[None], int(rng.integers(22, 43)))[0]
-    return still_recompress(img, "HEIF" if kind == "heic" else "AVIF", int(rng.integers(20, 81)))
+    return still_recompress(img, kind, int(rng.integers(20, 81)))
 
 
 def codec_words(codec_kinds) -> str:
